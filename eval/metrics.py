@@ -101,7 +101,7 @@ def text_metrics_batch(references: Sequence[str], generated: Sequence[str], bert
     if len(references) != len(generated):
         raise ValueError(f"{len(references)} references but {len(generated)} generated texts")
     out, need_bert = [], []
-    for i, (ref, gen) in enumerate(zip(references, generated)):
+    for i, (ref, gen) in enumerate(zip(references, generated, strict=True)):
         ref_c, gen_c = clean_text(ref or ""), clean_text(gen or "")
         if not ref_c or not gen_c:
             row = {"tfidf_cosine": 0.0, "tfidf_euclidean": 0.0, "token_overlap": 0.0}
@@ -115,7 +115,7 @@ def text_metrics_batch(references: Sequence[str], generated: Sequence[str], bert
     if bertscore is not None and need_bert:
         # F1 is symmetric; the authors passed the real title as the "prediction", kept here for exactness
         _, _, f1 = bertscore.score([str(references[i]) for i in need_bert], [str(generated[i]) for i in need_bert])
-        for i, value in zip(need_bert, f1.tolist() if hasattr(f1, "tolist") else f1):
+        for i, value in zip(need_bert, f1.tolist() if hasattr(f1, "tolist") else f1, strict=True):
             out[i]["bertscore_f1"] = float(value)
     return out
 
@@ -204,7 +204,7 @@ def image_metrics_batch(references: Sequence, generated: Sequence, lpips=None,
     if len(references) != len(generated):
         raise ValueError(f"{len(references)} references but {len(generated)} generated images")
     out, pairs = [], []
-    for ref, gen in zip(references, generated):
+    for ref, gen in zip(references, generated, strict=True):
         ref_u8, gen_u8 = align_pair(ref, gen, resize)
         pairs.append((ref_u8, gen_u8))
         ref01, gen01 = ref_u8.astype(np.float32) / 255.0, gen_u8.astype(np.float32) / 255.0
@@ -217,7 +217,7 @@ def image_metrics_batch(references: Sequence, generated: Sequence, lpips=None,
         refs = clip([Image.fromarray(r) for r, _ in pairs])
         gens = clip([Image.fromarray(g) for _, g in pairs])
         sims = (_as_numpy(refs) * _as_numpy(gens)).sum(axis=1)
-        for row, sim in zip(out, sims):
+        for row, sim in zip(out, sims, strict=True):
             row["clip"] = float(sim)
     return out
 

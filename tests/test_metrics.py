@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from mmpc_rl.eval.metrics import (
     METRICS,
     align_pair,
@@ -22,6 +20,7 @@ from mmpc_rl.eval.metrics import (
     text_metrics_batch,
 )
 from mmpc_rl.eval.scorers import LpipsMetric, build_lpips_net, load_bertscore
+from PIL import Image
 
 IDF_UNSHARED = math.log(3 / 2) + 1  # smooth idf with n=2 documents, term in one of them
 DISJOINT_EUCLID = 1 / (1 + math.sqrt(2))
@@ -201,7 +200,8 @@ def test_lpips_backbone_weights_load_from_a_torchvision_state_dict(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(3)
-    state = {k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items() if k.startswith("features")}
+    full = torchvision.models.alexnet(weights=None).state_dict()
+    state = {k: v for k, v in full.items() if k.startswith("features")}
     save_file(state, str(tmp_path / "alexnet.safetensors"))
     torch.save(state, tmp_path / "alexnet.pth")
     for name in ("alexnet.safetensors", "alexnet.pth"):
