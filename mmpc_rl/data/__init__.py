@@ -13,7 +13,7 @@ __all__ = ["SPLITS", "default_cache_dir", "load_items"]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MMPC_CACHE", "~/.cache/mmpc_rl")).expanduser()
+    return Path(os.environ.get("MMPC_RL_CACHE", "~/.cache/mmpc_rl")).expanduser()
 
 
 def _file_path(url: str) -> str | None:
