@@ -79,7 +79,8 @@ def generate_batch(model, processor, task: Task, items: list[dict], *, max_new_t
         if task.uses_image_input:
             kwargs["images"] = [open_image(it["image"]) for it in items]
         inputs = processor(**kwargs).to(model_device(model))
-        gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": tok.pad_token_id}
+        gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": tok.pad_token_id,
+                      "use_cache": True}  # training may have turned the cache off (gradient checkpointing)
         if not do_sample:  # silence the sampling fields a checkpoint's generation_config may carry
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         out = model.generate(**inputs, **gen_kwargs)

@@ -1,0 +1,150 @@
+"""CQBench end to end on the sample catalog with the tiny Qwen2.5-VL: runs, resume, reports, base vs LoRA, and the
+before/after callback inside a tiny GRPO run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mmpc_rl.eval import cqbench, runner
+from mmpc_rl.eval.report import aggregate, delta_table, markdown_tables, radar_scores
+
+from mmpc_rl.errors import ConfigError
+from mmpc_rl.io import read_jsonl
+
+TINY = "tiny://qwen2.5-vl"
+ARGS = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=6", "dtype=float32", "progress=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a loaded 2-core box OpenMP's spin-waits make tiny matmuls ~100x slower with 2 threads than with 1.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cq")
+    calls = []
+    real = runner.generate_batch
+
+    def counting(model, processor, task, items, **kw):
+        calls.append(len(items))
+        return real(model, processor, task, items, **kw)
+
+    runner.generate_batch = counting
+    try:
+        rc = cqbench.main([f"models=[{TINY}]", f"output_dir={out}", *ARGS])
+    finally:
+        runner.generate_batch = real
+    return out, rc, calls
+
+
+def test_run_writes_results_tables_and_radar(first_run):
+    out, rc, calls = first_run
+    assert rc == 0
+    assert calls == [4, 2]  # 3 categories x 2 items, batches of 4
+    res = json.loads((out / "results.json").read_text())["results"]["tiny-qwen2.5-vl"]["i2t"]
+    assert res["n_items"] == 6 and sum(res["status"].values()) == 6
+    assert sorted(res["per_category"]) == ["All_Beauty", "Toys_and_Games", "Video_Games"]
+    assert all(s["n"] == 2 for pc in res["per_category"].values() for s in pc.values())
+    assert len(res["per_item"]) == 6 and {"completion", "answer", "status", "metrics"} <= set(res["per_item"][0])
+    # six new tokens never close a JSON object: every item is scored as the literal "error"
+    for rec in res["per_item"]:
+        if rec["status"] != "ok":
+            assert rec["answer"] == "error"
+    tables = (out / "tables.md").read_text()
+    assert "| tiny-qwen2.5-vl |" in tables and "| Video_Games | tiny-qwen2.5-vl |" in tables
+    assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_recomputes_nothing(first_run, monkeypatch):
+    out, _, _ = first_run
+    monkeypatch.setattr(runner, "generate_batch", lambda *a, **k: pytest.fail("generated again"))
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={out}", *ARGS]) == 0
+    assert len(list(read_jsonl(out / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"))) == 6
+
+
+def test_interrupted_run_resumes_with_only_the_rest(first_run, tmp_path, monkeypatch):
+    out, _, _ = first_run
+    lines = (out / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl").read_text().splitlines(keepends=True)
+    part = tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"
+    part.parent.mkdir(parents=True)
+    part.write_text("".join(lines[:3]) + lines[3][:25])  # three items done, the fourth torn by a kill
+    seen = []
+    real = runner.generate_batch
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, t, items, **k: seen.extend(items) or real(
+        m, p, t, items, **k))
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", *ARGS]) == 0
+    done = {json.loads(x)["key"] for x in lines[:3]}
+    assert len(seen) == 3 and not done & {runner.item_key(it) for it in seen}
+    recs = list(read_jsonl(part))
+    assert len(recs) == 6 and len({r["key"] for r in recs}) == 6  # the torn line was cut away, nothing twice
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'modles'.*did you mean 'models'"):
+        cqbench.parse_config(["modles=[x]"])
+    with pytest.raises(ConfigError, match="unknown task 'i2x'"):
+        cqbench.parse_config(["tasks=[i2x]"])
+    with pytest.raises(ConfigError, match="resize="):
+        cqbench.parse_config(["resize=crop"])
+
+
+def test_cli_dispatch_reaches_cqbench(capsys):
+    from mmpc_rl.cli import main
+
+    assert main(["eval", "cqbench", "modles=[x]"]) == 2
+    assert "unknown key 'modles'" in capsys.readouterr().err
+    assert main(["eval", "cqbnech"]) == 2
+    assert "did you mean 'cqbench'" in capsys.readouterr().err
+
+
+def test_model_keys():
+    assert cqbench.model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
+    assert cqbench.model_key("tiny://qwen2.5-vl") == "tiny-qwen2.5-vl"
+    assert cqbench.model_key("/ckpt/run 1/") == "run_1"
+
+
+# -------------------------------------------------------------------------------------------------- reports
+def rec(cat, status, **metrics):
+    return {"key": cat, "category": cat, "status": status, "metrics": metrics}
+
+
+def test_aggregate_is_mean_of_category_means_with_population_std():
+    records = [rec("A", "ok", token_overlap=0.2), rec("A", "ok", token_overlap=0.4), rec("B", "fail", token_overlap=1.0)]
+    agg = aggregate(records, "i2t")
+    assert agg["per_category"]["A"]["token_overlap"] == pytest.approx({"mean": 0.3, "std": 0.1, "n": 2})
+    assert agg["summary"]["token_overlap"] == pytest.approx({"mean": 0.65, "std": 0.35, "n": 2})
+    assert agg["status"] == {"ok": 2, "fail": 1}
+
+
+def test_lpips_none_values_are_left_out():
+    agg = aggregate([rec("A", "ok", lpips=None, mse=0.1), rec("A", "ok", lpips=0.5, mse=0.3)], "t2i")
+    assert agg["per_category"]["A"]["lpips"] == {"mean": 0.5, "std": 0.0, "n": 1}
+
+
+def test_delta_table_and_radar():
+    base = aggregate([rec("A", "ok", token_overlap=0.2), rec("B", "ok", token_overlap=0.4)], "i2t")
+    lora = aggregate([rec("A", "ok", token_overlap=0.5), rec("B", "ok", token_overlap=0.4)], "i2t")
+    table = delta_table(base, lora, "i2t")
+    assert "| All (mean over categories) | Δ | +0.1500 |" in table and "| A | Δ | +0.3000 |" in table
+    assert "| B | Δ | +0.0000 |" in table
+    # min-max over the four cells: 0.2 -> 0, 0.4 -> 2/3, 0.5 -> 1
+    scores = radar_scores({"base": {"i2t": base}, "lora": {"i2t": lora}}, "i2t")
+    assert scores["base"] == pytest.approx({"A": 0.0, "B": 2 / 3})
+    assert scores["lora"] == pytest.approx({"A": 1.0, "B": 2 / 3})
+    mse = {"m": {"t2i": aggregate([rec("A", "ok", mse=0.1), rec("B", "ok", mse=0.3)], "t2i")}}
+    assert radar_scores(mse, "t2i")["m"] == pytest.approx({"A": 1.0, "B": 0.0})  # lower is better: inverted
+    assert "| m | – | 0.2000 ± 0.1000 |" not in markdown_tables(mse)
+    assert "| m | 0.2000 ± 0.1000 |" in markdown_tables(mse)
+
+
+def test_inf_psnr_is_reported_not_crashing():
+    agg = aggregate([rec("A", "ok", psnr=math.inf)], "t2i")
+    assert "| m | inf |" in markdown_tables({"m": {"t2i": agg}})
