@@ -117,7 +117,8 @@ def rec(cat, status, **metrics):
 
 
 def test_aggregate_is_mean_of_category_means_with_population_std():
-    records = [rec("A", "ok", token_overlap=0.2), rec("A", "ok", token_overlap=0.4), rec("B", "fail", token_overlap=1.0)]
+    records = [rec("A", "ok", token_overlap=0.2), rec("A", "ok", token_overlap=0.4),
+               rec("B", "fail", token_overlap=1.0)]
     agg = aggregate(records, "i2t")
     assert agg["per_category"]["A"]["token_overlap"] == pytest.approx({"mean": 0.3, "std": 0.1, "n": 2})
     assert agg["summary"]["token_overlap"] == pytest.approx({"mean": 0.65, "std": 0.35, "n": 2})
@@ -148,3 +149,69 @@ def test_delta_table_and_radar():
 def test_inf_psnr_is_reported_not_crashing():
     agg = aggregate([rec("A", "ok", psnr=math.inf)], "t2i")
     assert "| m | inf |" in markdown_tables({"m": {"t2i": agg}})
+
+
+# ---------------------------------------------------------------------------------------------- base vs LoRA
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, tiny_qwen):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    peft_model = get_peft_model(model, lora)
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # a freshly initialised LoRA is a no-op; make it change the outputs
+            p.data.normal_(0, 2.0)
+    path = tmp_path_factory.mktemp("adapter") / "demo-lora"
+    peft_model.save_pretrained(path)
+    return path
+
+
+def test_adapter_evaluates_base_and_lora_with_deltas(first_run, tiny_adapter, tmp_path, capsys):
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", f"adapter={tiny_adapter}", *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny-qwen2.5-vl |" in printed and "| tiny-qwen2.5-vl+demo-lora |" in printed and "| Δ |" in printed
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert sorted(results) == ["tiny-qwen2.5-vl", "tiny-qwen2.5-vl+demo-lora"]
+    completions = {a: {r["key"]: r["completion"] for r in results[a]["i2t"]["per_item"]} for a in results}
+    frozen = {r["key"]: r["completion"] for r in read_jsonl(first_run[0] / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
+    assert completions["tiny-qwen2.5-vl"] == frozen  # adapter disabled == the plain base model
+    assert completions["tiny-qwen2.5-vl+demo-lora"] != frozen
+    assert (tmp_path / "lora_vs_base.md").is_file()
+
+
+def test_adapter_folder_must_hold_an_adapter(tmp_path):
+    from mmpc_rl.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        cqbench._attach_adapter(None, str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- training callback
+def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm):
+    from mmpc_rl.eval.callback import CQBenchCallback
+
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.training import build_trainer
+
+    cfg = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "trainer.max_steps=2",
+                       "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
+                       "trainer.max_completion_length=4", "data.limit_per_category=1",
+                       "eval.items_per_category=1", "eval.max_new_tokens=4", "eval.every_n_steps=1"])
+    trainer = build_trainer(cfg, models={"minilm": minilm})
+    cb = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CQBenchCallback))
+    cb.bind(trainer)
+    trainer.train()
+    assert trainer.model.training  # train mode restored after every evaluation
+    logged = [h for h in trainer.state.log_history if any(k.startswith("cqbench/") for k in h)]
+    tags = [next(k for k in h if k.startswith("cqbench/")).split("/")[1] for h in logged]
+    assert tags == ["before", "step-1", "after"]
+    assert logged[0]["cqbench/before/tfidf_euclidean"] >= 0.0 and "cqbench/after/parse_ok_rate" in logged[-1]
+    on_disk = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("cqbench/after/token_overlap" in r for r in on_disk)  # through the trainer's loggers
+    for tag in ("before", "step-1", "after"):
+        assert len(list(read_jsonl(tmp_path / "cqbench" / tag / "items.jsonl"))) == 3
+        assert json.loads((tmp_path / "cqbench" / tag / "summary.json").read_text())["n_items"] == 3
+    assert "| All (mean over categories) | Δ |" in (tmp_path / "cqbench" / "before_after.md").read_text()
