@@ -111,8 +111,8 @@ class ClipEmbedder:
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """openai/CLIP's transform for one PIL image: (3, S, S) normalised float32."""
-        from torchvision.transforms import functional as TF
         from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
 
         image = TF.resize(image, self.size, interpolation=InterpolationMode.BICUBIC)
         image = TF.center_crop(image, [self.size, self.size])
@@ -162,7 +162,8 @@ class ClipEmbedder:
 _CACHE: dict[tuple, ClipEmbedder] = {}
 
 
-def load_embedder(name_or_path: str = DEFAULT_CLIP, device: str | None = None, dtype: str | None = None) -> ClipEmbedder:
+def load_embedder(name_or_path: str = DEFAULT_CLIP, device: str | None = None,
+                  dtype: str | None = None) -> ClipEmbedder:
     """A process-wide embedder per (model, device, dtype): CQBench and the reward share one copy."""
     key = (str(name_or_path), str(device), str(dtype))
     if key not in _CACHE:

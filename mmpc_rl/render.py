@@ -1,10 +1,11 @@
 """Text -> image with Stable Diffusion 3.5 (large-turbo by default), one module for CQBench and the `sd35_clip` reward.
 
-Every image has its own explicit seed: its starting noise comes from a CPU `torch.Generator` seeded with it, so an image
-depends only on (prompt, seed, settings), never on which batch it was rendered in or on the device. Text encodings
-(two CLIP encoders + T5, a third of SD3.5's weights) are computed once per unique prompt and kept in a small LRU cache;
-renders then go through the pipeline in batches of `max_batch` with precomputed embeddings, and the VAE decodes in
-chunks of `decode_batch` because at 1024 px the decoder, not the transformer, sets the peak memory.
+Every image has its own explicit seed: its starting noise comes from a CPU `torch.Generator` seeded with it, so the
+noise of an image depends only on its seed, never on its batch or device (renders of one prompt and seed in different
+batches differ only by float round-off, at most 1/255 per pixel on CPU). Text encodings (two CLIP encoders + T5) are
+computed once per unique prompt and kept in an LRU cache; renders go through the pipeline in batches of `max_batch`
+with the precomputed embeddings, and the VAE decodes in chunks of `decode_batch` because at 1024 px the decoder, not
+the transformer, sets the peak memory.
 
 Settings default to the authors' (`Recbench/generate_images_from_prompts.py`): 4 steps, guidance 0, T5 length 512,
 1024 x 1024.
@@ -45,17 +46,33 @@ def load_pipeline(name_or_path: str, dtype: torch.dtype) -> Any:
 
         source = str(tiny_path(source[len("tiny://"):]))
     path = Path(source).expanduser()
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-    if not path.exists() and source.startswith(("/", ".", "~")):
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        return _from_pretrained(StableDiffusion3Pipeline, str(path), dtype, name_or_path)
+    if source.startswith(("/", ".", "~")):
         raise ModelLoadError(f"diffusion model folder {source} does not exist")
+    # A hub id: the local HF cache first; a download only when the hub answers (diffusers then fetches just the
+    # diffusers-format files, not the repo's duplicate single-file checkpoint).
     try:
-        return StableDiffusion3Pipeline.from_pretrained(str(path) if path.exists() else source, dtype=dtype)
-    except Exception as e:  # hub/offline errors arrive as long multi-line messages from several libraries
+        return StableDiffusion3Pipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
+    except Exception:  # noqa: BLE001 - anything missing from the cache means "not cached"
+        pass
+    from mmpc_rl.models import _hub_reachable
+
+    if not _hub_reachable():
+        raise ModelLoadError(f"no network: diffusion model {source!r} is not in the local Hugging Face cache and the "
+                             "hub cannot be reached; pass a local folder (e.g. rewards.sd35_clip.model=/models/sd35)")
+    return _from_pretrained(StableDiffusion3Pipeline, source, dtype, name_or_path)
+
+
+def _from_pretrained(cls: Any, source: str, dtype: torch.dtype, name: str) -> Any:
+    try:
+        return cls.from_pretrained(source, dtype=dtype)
+    except Exception as e:  # hub errors arrive as long multi-line messages from several libraries
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if path.exists() else (" (no network or not in the HF cache; SD3.5 is gated: accept its licence "
-                                         "and log in, or pass a local folder)")
-        raise ModelLoadError(f"cannot load diffusion pipeline {name_or_path!r}: {first}{hint}") from None
+        hint = " (SD3.5 is gated: accept its licence on the hub and log in)" if "gated" in str(e).lower() else ""
+        raise ModelLoadError(f"cannot load diffusion pipeline {name!r}: {first}{hint}") from None
 
 
 class Renderer:
@@ -157,3 +174,15 @@ class Renderer:
     def token_count(self, prompt: str) -> int:
         """CLIP tokens of `prompt` (with start/end tokens): SD3's CLIP encoders silently drop what exceeds 77."""
         return len(self.pipe.tokenizer(prompt, truncation=False).input_ids)
+
+
+_RENDERERS: dict[tuple, Renderer] = {}
+
+
+def load_renderer(name_or_path: str = DEFAULT_SD, device: str | None = None, dtype: str | None = None,
+                  **kwargs: Any) -> Renderer:
+    """One renderer per (model, device, dtype) per process: the reward and CQBench share SD3.5's ~28 GB."""
+    key = (str(name_or_path), str(device), str(dtype))
+    if key not in _RENDERERS:
+        _RENDERERS[key] = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
+    return _RENDERERS[key]
