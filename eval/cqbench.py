@@ -41,10 +41,13 @@ class CQBenchConfig:
     max_pixels: int | None = None
     bertscore: str | None = None  # "roberta-large" (paper) or a local folder; None: no BERTScore
     bertscore_layers: int | None = None
-    lpips: str | None = None  # torchvision AlexNet weights file; None: no LPIPS
+    lpips: str | None = None  # torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
     clip: str | None = None  # CLIP ViT-B/32: hub id, local folder or tiny://clip; None: no CLIP similarity
     renderer: str = "stabilityai/stable-diffusion-3.5-large-turbo"
+    render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
+    render_steps: int = 4
+    render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
     resize: str = "cv2"  # generated -> reference size, bilinear (paper); "square512": both to 512^2
     cache_dir: str | None = None
     progress: bool = True
@@ -96,10 +99,13 @@ def load_scorers(cfg: CQBenchConfig):
         sc.bertscore = load_bertscore(_resolve(cfg.bertscore, "BERTScore encoder"), cfg.bertscore_layers)
     if "t2i" in cfg.tasks:
         if cfg.lpips:
-            sc.lpips = load_lpips(cfg.lpips, cfg.lpips_channel_order)
+            if cfg.lpips == "random":
+                print("mmpc-rl: lpips=random: AlexNet trunk with random weights; LPIPS values are not comparable")
+            sc.lpips = load_lpips(None if cfg.lpips == "random" else cfg.lpips, cfg.lpips_channel_order)
         if cfg.clip:
             sc.clip = load_clip(cfg.clip)
-        sc.renderer = load_renderer(cfg.renderer, seed=cfg.seed)
+        sc.renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
+                                    max_sequence_length=cfg.render_max_sequence_length)
     return sc
 
 
@@ -109,15 +115,18 @@ def _resolve(name: str, kind: str) -> str:
     return resolve_model_path(name, kind=kind)
 
 
-def load_renderer(name_or_path: str, seed: int = 42):
-    """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (mmpc_rl.render)."""
-    from mmpc_rl.errors import ModelLoadError
+def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_sequence_length: int = 512):
+    """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (shared with the T->I reward); guidance
+    0 as the authors used SD3.5-large-turbo."""
+    from mmpc_rl.render import load_renderer as shared
 
-    try:
-        from mmpc_rl import render
-    except ImportError as e:
-        raise ModelLoadError(f"text-to-image needs the renderer module mmpc_rl.render ({e})") from None
-    return render.load_renderer(name_or_path)
+    renderer = shared(name_or_path)
+
+    def render(prompts: list[str], seeds: list[int]):
+        return renderer.render(prompts, seeds, height=size, width=size, num_inference_steps=steps,
+                               guidance_scale=0.0, max_sequence_length=max_sequence_length)
+
+    return render
 
 
 def load_model(cfg: CQBenchConfig, name: str):

@@ -215,3 +215,19 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
         assert len(list(read_jsonl(tmp_path / "cqbench" / tag / "items.jsonl"))) == 3
         assert json.loads((tmp_path / "cqbench" / tag / "summary.json").read_text())["n_items"] == 3
     assert "| All (mean over categories) | Δ |" in (tmp_path / "cqbench" / "before_after.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ text->image
+def test_t2i_run_with_tiny_sd3_and_tiny_clip(tmp_path):
+    args = ["tasks=[t2i]", "renderer=tiny://sd3", "clip=tiny://clip", "lpips=random", "render_size=64",
+            "render_max_sequence_length=32"]
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", *ARGS, *args]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["results"]["tiny-qwen2.5-vl"]["t2i"]
+    assert set(res["summary"]) == {"psnr", "ssim", "mse", "lpips", "clip"}
+    for rec in res["per_item"]:
+        jpg = tmp_path / "images" / "tiny-qwen2.5-vl" / rec["category"] / f"{rec['parent_asin']}.jpg"
+        assert rec["image"] == str(jpg) and jpg.read_bytes()[:2] == b"\xff\xd8"  # saved as JPEG, as the authors
+        m = rec["metrics"]
+        assert m["psnr"] == pytest.approx(10 * math.log10(1 / m["mse"]), rel=1e-6)
+        assert -1.0 <= m["clip"] <= 1.0 and m["lpips"] >= 0.0
+    assert "| tiny-qwen2.5-vl | " in (tmp_path / "tables.md").read_text()
