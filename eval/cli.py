@@ -6,7 +6,7 @@ import importlib
 
 from mmpc_rl.errors import ConfigError, did_you_mean
 
-BENCHMARKS = {"cqbench": "mmpc_rl.eval.cqbench"}
+BENCHMARKS = {"cqbench": "mmpc_rl.eval.cqbench", "speed": "mmpc_rl.eval.speed"}
 
 
 def main(argv: list[str]) -> int:
