@@ -95,10 +95,30 @@ class CQBenchCallback(TrainerCallback):
                 if s["mean"] is not None and math.isfinite(s["mean"])}
         n = max(res["n_items"], 1)
         logs[f"cqbench/{tag}/parse_ok_rate"] = res["status"].get("ok", 0) / n
-        if self.trainer is not None:
-            from transformers import Trainer
+        from transformers import Trainer
 
+        trainer = self.trainer or _calling_trainer()
+        if trainer is not None:
             # the base Trainer.log: GRPOTrainer.log would fold (and clear) its buffered training metrics into ours
-            Trainer.log(self.trainer, dict(logs))
+            Trainer.log(trainer, dict(logs))
         else:
             state.log_history.append({**logs, "step": state.global_step})
+
+
+def _calling_trainer():
+    """The Trainer whose training loop called this hook, when the callback was not bound: hooks get the model but
+    not the trainer, and only `trainer.log` reaches every logger (W&B, TensorBoard, metrics.jsonl)."""
+    import inspect
+
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
