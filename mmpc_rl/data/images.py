@@ -66,6 +66,7 @@ class ImageCache:
         self.known: dict[str, dict] = {}
         for rec in read_jsonl(self.index_path, repair=True):
             self.known[rec["url"]] = rec
+        self._tried: set[str] = set()  # a transient failure is retried by the next run, not again by this one
         self.downloaded = 0  # network fetches made by this process (tests and the summary read it)
 
     def path_for(self, url: str) -> Path:
@@ -78,7 +79,7 @@ class ImageCache:
             return None
         if rec["ok"]:
             return rec if Path(rec["path"]).is_file() else None
-        return None if rec["reason"] in TRANSIENT else rec
+        return None if rec["reason"] in TRANSIENT and url not in self._tried else rec
 
     def _download(self, url: str) -> bytes:
         req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -121,6 +122,7 @@ class ImageCache:
         with self._lock:
             append_jsonl(self.index_path, rec)
             self.known[url] = rec
+            self._tried.add(url)
         return rec
 
     def fetch(self, urls: list[str], desc: str = "images") -> dict[str, dict]:
