@@ -14,7 +14,7 @@ __all__ = ["SPLITS", "default_cache_dir", "load_items", "read_built"]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MMPC_CACHE", "~/.cache/mmpc_rl")).expanduser()
+    return Path(os.environ.get("MMPC_RL_CACHE", "~/.cache/mmpc_rl")).expanduser()
 
 
 def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:

@@ -1,0 +1,37 @@
+"""Tiny random models with the real architectures, built in-process (no hub anywhere here): the tests and the demo.
+
+`tiny://NAME` works wherever a model id or path is accepted (`mmpc_rl.models.resolve_model_path`): the builder
+writes a folder that the real loaders read with `from_pretrained`, cached under `~/.cache/mmpc_rl/tiny/NAME`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from mmpc_rl.errors import ConfigError, did_you_mean
+
+# name -> "module:function"; the function takes an output folder and writes the model there.
+BUILDERS = {
+    "qwen2.5-vl": "mmpc_rl.tiny.qwen:build",
+    "sd3": "mmpc_rl.tiny.sd3:build",
+    "clip": "mmpc_rl.tiny.clip:build",
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MMPC_RL_CACHE", Path.home() / ".cache" / "mmpc_rl"))
+
+
+def tiny_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Folder of tiny model NAME, built on first use (the marker file is written last, so a kill rebuilds)."""
+    if name not in BUILDERS:
+        raise ConfigError(f"unknown tiny model tiny://{name}" + did_you_mean(name, BUILDERS))
+    out = Path(root) if root else cache_root() / "tiny" / name
+    if not (out / ".complete").exists():
+        module, func = BUILDERS[name].split(":")
+        out.mkdir(parents=True, exist_ok=True)
+        getattr(importlib.import_module(module), func)(out)
+        (out / ".complete").write_text("ok\n")
+    return out
