@@ -260,3 +260,17 @@ def test_meta_scan_1m_lines_bounded_rss(tmp_path):
     assert res["peak_rss_mb"] < 1024
     assert res["lines_per_s"] > 50_000  # the goal is 100k on 2 cores; slack for a loaded CI box
     path.unlink()
+
+
+def test_cli_build_defaults_to_the_folders_categories(tmp_path, capsys):
+    from mmpc_rl.cli import main
+
+    src = build_sample_catalog(tmp_path / "cat")
+    argv = ["data", "build", f"source={src}", f"out={tmp_path / 'out'}", "cqbench_per_category=4",
+            "train_per_category=2", "progress=false"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary["categories"]) == ["All_Beauty", "Toys_and_Games", "Video_Games"]
+    assert "Video_Games: 64/72 eligible, cqbench 4, train 2" in capsys.readouterr().out
+    assert main(argv[:-1] + ["selection=kcor"]) == 2
+    assert "selection='kcor'; valid choices: authors, kcore" in capsys.readouterr().err

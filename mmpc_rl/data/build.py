@@ -162,7 +162,11 @@ def build(**kwargs) -> Path:
     if opts["source"] != "hub" and not Path(str(opts["source"])).expanduser().is_dir():
         raise DataError(f"source folder {opts['source']} does not exist")
     cats = opts["categories"]
-    if cats is None:
+    if cats is None and opts["source"] != "hub":  # a folder holding some of the nine: those it holds
+        cats = [c for c in CATEGORIES if c in categories_in(Path(str(opts["source"])).expanduser())]
+        if not cats:
+            raise DataError(f"no meta_<Category>.jsonl[.gz] of the nine categories in {opts['source']}")
+    elif cats is None:
         cats = list(CATEGORIES)
     elif isinstance(cats, str):
         cats = [c.strip() for c in cats.strip("[]").split(",") if c.strip()]
