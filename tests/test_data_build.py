@@ -258,7 +258,8 @@ def test_meta_scan_1m_lines_bounded_rss(tmp_path):
                                     check=True).stdout)
     assert res["lines"] == 1_000_000 and res["eligible"] == 800_000
     assert res["peak_rss_mb"] < 1024
-    assert res["lines_per_s"] > 50_000  # the goal is 100k on 2 cores; slack for a loaded CI box
+    # CPU time, not wall time: a shared CI box must not fail this; the goal is 100k lines/s
+    assert res["cpu_lines_per_s"] > 100_000
     path.unlink()
 
 
