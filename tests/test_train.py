@@ -120,3 +120,23 @@ def test_hub_id_without_network_is_one_clear_line():
 
     with pytest.raises(ModelLoadError, match="no network: .*local folder"):
         resolve_model_path("Qwen/Qwen2.5-VL-7B-Instruct-not-cached")
+
+
+def test_qlora_loads_the_policy_4bit_nf4_and_trains_a_step(tmp_path, tiny_qwen):
+    from mmpc_rl.config import load_recipe, section
+    from mmpc_rl.models import load_policy
+
+    cfg = load_recipe(["recipe=demo-i2t", "model.qlora=true", "model.dtype=bfloat16"])
+    model, _ = load_policy(section(cfg, "model"), cpu=True)
+    q = model.config.quantization_config
+    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert str(q.bnb_4bit_compute_dtype).endswith("bfloat16")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+    from mmpc_rl.train.grpo import main
+
+    out = tmp_path / "qlora"
+    assert main(["recipe=demo-i2t", "model.qlora=true", "model.dtype=bfloat16", f"trainer.output_dir={out}",
+                 "trainer.max_steps=1", "trainer.num_generations=4", "trainer.per_device_train_batch_size=4",
+                 "rewards.minilm_cosine=null", *FAST]) == 0
+    assert (out / "adapter_model.safetensors").is_file()
