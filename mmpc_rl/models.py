@@ -52,7 +52,8 @@ def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: 
     if not _hub_reachable():
         raise ModelLoadError(
             f"no network: {kind} {name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
-            f"reached; point the recipe at a local folder (e.g. model.name_or_path=/models/{name_or_path.split('/')[-1]})"
+            "reached; point the recipe at a local folder (e.g. "
+            f"model.name_or_path=/models/{name_or_path.split('/')[-1]})"
         )
     try:
         return snapshot_download(name_or_path, revision=revision)

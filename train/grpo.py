@@ -2,8 +2,8 @@
 
     accelerate launch train/grpo.py recipe=i2t                              # Qwen2.5-VL-7B, bf16 LoRA, one GPU
     accelerate launch train/grpo.py recipe=i2t model.qlora=true             # 4-bit NF4 QLoRA (the paper's setup)
-    accelerate launch --config_file launch/ddp.yaml train/grpo.py recipe=i2t    # several GPUs on one node
-    accelerate launch train/grpo.py recipe=demo-i2t                         # CPU: tiny policy, real MiniLM, sample data
+    accelerate launch --config_file launch/ddp.yaml train/grpo.py recipe=i2t  # several GPUs, one node
+    accelerate launch train/grpo.py recipe=demo-i2t                  # CPU: tiny policy, real MiniLM, sample data
     python train/grpo.py recipe=i2t model.name_or_path=/models/tiny data.path=/data/mmpcbench trainer.max_steps=20
 
 Options are recipe keys (`recipes/*.yaml`): model.*, lora.*, trainer.* (any trl.GRPOConfig field), rewards.<name>.*,
