@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 FOLDERS = {"mmpc_rl.rewards": "rewards", "mmpc_rl.eval": "eval", "mmpc_rl.train": "train",

@@ -78,7 +78,8 @@ def test_learning_the_tiny_policy_learns_a_learnable_reward(tmp_path, tiny_qwen)
     out = tmp_path / "learn"
     rc = main(["recipe=demo-i2t", f"trainer.output_dir={out}", "rewards.json_format=null",
                "rewards.minilm_cosine=null", "rewards.char_fraction.weight=1", "rewards.char_fraction.token=e",
-               "trainer.max_steps=30", "trainer.learning_rate=2e-2", "trainer.beta=0.0", "trainer.lr_scheduler_type=constant",
+               "trainer.max_steps=30", "trainer.learning_rate=2e-2", "trainer.beta=0.0",
+               "trainer.lr_scheduler_type=constant",
                "trainer.num_generations=8", "trainer.per_device_train_batch_size=8", "data.limit_per_category=4",
                *FAST])
     assert rc == 0
