@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmpc_rl.rewards import Reward, register
 
 from mmpc_rl.errors import ConfigError, DataError
+from mmpc_rl.rewards import Reward, register
 from mmpc_rl.tasks import completion_text
 
 DEFAULT_SD = "stabilityai/stable-diffusion-3.5-large-turbo"
