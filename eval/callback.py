@@ -33,11 +33,10 @@ class CQBenchCallback(TrainerCallback):
     @classmethod
     def from_recipe(cls, cfg, task: Task, *, renderer=None, **kwargs) -> CQBenchCallback:
         """From a validated recipe: `eval` (EvalConfig) picks the subset and the scorers; `data` where items live."""
-        from mmpc_rl.eval.runner import Scorers
-        from mmpc_rl.eval.scorers import load_bertscore, load_clip, load_lpips
-
         from mmpc_rl.config import section
         from mmpc_rl.data import load_items
+        from mmpc_rl.eval.runner import Scorers
+        from mmpc_rl.eval.scorers import load_bertscore, load_clip, load_lpips
         from mmpc_rl.models import resolve_model_path
 
         ev, data = section(cfg, "eval"), section(cfg, "data")

@@ -140,10 +140,9 @@ def load_model(cfg: CQBenchConfig, name: str):
 
 def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
+    from mmpc_rl.data import load_items
     from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
     from mmpc_rl.eval.runner import evaluate
-
-    from mmpc_rl.data import load_items
     from mmpc_rl.io import atomic_write_json, atomic_write_text
     from mmpc_rl.tasks import get_task
 

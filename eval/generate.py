@@ -23,8 +23,11 @@ def open_image(path) -> Image.Image:
 def prompt_cost(task: Task, item: dict) -> int:
     """A sort key that tracks the prompt's token count: pixels for image prompts, characters for text ones."""
     if task.uses_image_input:
-        with Image.open(item["image"]) as im:
-            return im.size[0] * im.size[1]
+        try:
+            with Image.open(item["image"]) as im:
+                return im.size[0] * im.size[1]
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {item['image']} of item {item.get('parent_asin')}: {e}") from None
     return len(item.get("text") or item["title"])
 
 

@@ -9,8 +9,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from mmpc_rl.eval.metrics import METRICS, metrics_for
 
+from mmpc_rl.eval.metrics import METRICS, metrics_for
 from mmpc_rl.io import atomic_write_bytes, atomic_write_text
 
 

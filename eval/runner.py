@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from mmpc_rl.eval.generate import generate_batch, length_sorted_batches, open_image
 from mmpc_rl.eval.metrics import image_metrics_batch, text_metrics_batch
 from mmpc_rl.eval.report import aggregate
-from tqdm.auto import tqdm
-
 from mmpc_rl.io import append_jsonl, read_jsonl
 from mmpc_rl.tasks import Task
 

@@ -71,8 +71,8 @@ def load(cfg: SpeedConfig):
 
 def measure(model, processor, items: list[dict], batch_size: int, max_new_tokens: int) -> dict:
     import torch
-    from mmpc_rl.eval.generate import generate_batch, length_sorted_batches
 
+    from mmpc_rl.eval.generate import generate_batch, length_sorted_batches
     from mmpc_rl.tasks import get_task
 
     task = get_task("i2t")
@@ -90,7 +90,7 @@ def measure(model, processor, items: list[dict], batch_size: int, max_new_tokens
         seconds = time.perf_counter() - t0
     finally:
         model.generation_config.eos_token_id = eos
-    return {"batch_size": batch_size, "items": len(items), "seconds": round(seconds, 3),
+    return {"batch_size": batch_size, "items": len(items), "seconds": seconds,
             "items_per_minute": round(60 * len(items) / seconds, 1)}
 
 

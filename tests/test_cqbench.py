@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from mmpc_rl.eval import cqbench, runner
-from mmpc_rl.eval.report import aggregate, delta_table, markdown_tables, radar_scores
 
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.eval import cqbench, runner
+from mmpc_rl.eval.report import aggregate, delta_table, markdown_tables, radar_scores
 from mmpc_rl.io import read_jsonl
 
 TINY = "tiny://qwen2.5-vl"
@@ -191,9 +191,8 @@ def test_adapter_folder_must_hold_an_adapter(tmp_path):
 
 # ------------------------------------------------------------------------------------------- training callback
 def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm):
-    from mmpc_rl.eval.callback import CQBenchCallback
-
     from mmpc_rl.config import load_recipe
+    from mmpc_rl.eval.callback import CQBenchCallback
     from mmpc_rl.training import build_trainer
 
     cfg = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "trainer.max_steps=2",
@@ -245,3 +244,14 @@ def test_speed_harness_reports_both_modes(tmp_path, capsys):
     assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
     with pytest.raises(ConfigError, match="unknown option 'itmes=4'"):
         speed.main(["itmes=4"])
+
+
+def test_unreadable_image_is_a_one_line_data_error(tmp_path):
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.eval.generate import length_sorted_batches
+    from mmpc_rl.tasks import get_task
+
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    items = [{"parent_asin": "B1", "category": "A", "title": "t", "image": str(tmp_path / "bad.jpg")}]
+    with pytest.raises(DataError, match="cannot read image .*bad.jpg of item B1"):
+        list(length_sorted_batches(get_task("i2t"), items, 4))

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from mmpc_rl.eval.metrics import (
     METRICS,
     align_pair,
@@ -20,7 +22,6 @@ from mmpc_rl.eval.metrics import (
     text_metrics_batch,
 )
 from mmpc_rl.eval.scorers import LpipsMetric, build_lpips_net, load_bertscore
-from PIL import Image
 
 IDF_UNSHARED = math.log(3 / 2) + 1  # smooth idf with n=2 documents, term in one of them
 DISJOINT_EUCLID = 1 / (1 + math.sqrt(2))
