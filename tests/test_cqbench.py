@@ -255,3 +255,26 @@ def test_unreadable_image_is_a_one_line_data_error(tmp_path):
     items = [{"parent_asin": "B1", "category": "A", "title": "t", "image": str(tmp_path / "bad.jpg")}]
     with pytest.raises(DataError, match="cannot read image .*bad.jpg of item B1"):
         list(length_sorted_batches(get_task("i2t"), items, 4))
+
+
+def test_sharded_processes_split_items_and_rank0_merges(tmp_path, monkeypatch, first_run):
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.data import load_items
+    from mmpc_rl.models import load_policy
+    from mmpc_rl.tasks import get_task
+
+    model, processor = load_policy(ModelConfig(name_or_path=TINY, dtype="float32"), cpu=True)
+    items = load_items("sample", split="cqbench", limit_per_category=2)
+    path = tmp_path / "i2t.jsonl"
+    kw = {"results_path": path, "batch_size": 4, "max_new_tokens": 6, "progress": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # torchrun/accelerate set these; rank 1 finishes first here
+    assert runner.evaluate(model, processor, get_task("i2t"), items, **kw) is None
+    shard = [r["key"] for r in read_jsonl(tmp_path / "i2t.rank1.jsonl")]
+    assert sorted(shard) == sorted(runner.item_key(it) for it in items[1::2])  # every 2nd item, rank 1's share
+    monkeypatch.setenv("RANK", "0")
+    res = runner.evaluate(model, processor, get_task("i2t"), items, **kw)
+    assert [r["key"] for r in res["per_item"]] == [runner.item_key(it) for it in items]
+    assert sorted(r["key"] for r in read_jsonl(path)) == sorted(runner.item_key(it) for it in items)
+    frozen = {r["key"]: r["completion"] for r in read_jsonl(first_run[0] / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
+    assert {r["key"]: r["completion"] for r in res["per_item"]} == frozen  # same greedy output, any sharding
