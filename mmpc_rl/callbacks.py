@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -120,6 +121,16 @@ class CompletionsTable(TrainerCallback):
         if wandb.run is not None:
             data = [[*row[:first_img], *[_wandb_image(wandb, imgs) for imgs in row[first_img:]]] for row in rows]
             wandb.log({TABLE_KEY: wandb.Table(columns=columns, data=data), "train/global_step": step})
+            # W&B keeps a table's images in a run artifact (outside the run folder when offline); a copy of our
+            # self-contained table in the run's files makes `wandb sync` and a look at the folder show them too.
+            dest = Path(wandb.run.dir) / "completions"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.dir / f"step_{step:05d}.jsonl", dest / f"step_{step:05d}.jsonl")
+            for rec in disk_rows:
+                for c in columns[first_img:]:
+                    for rel in rec[c]:
+                        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(self.dir / rel, dest / rel)
 
 
 def _images_of(value) -> list:

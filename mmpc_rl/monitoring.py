@@ -69,6 +69,7 @@ def init_wandb(cfg, args):
     import wandb
 
     from mmpc_rl.config import scrub, section, to_dict
+    from mmpc_rl.errors import ConfigError
 
     wb = section(cfg, "wandb")
     out = Path(args.output_dir)
@@ -77,9 +78,13 @@ def init_wandb(cfg, args):
     os.environ.setdefault("WANDB_PROJECT", wb.project)  # HF's WandbCallback reads it if it ever inits itself
     if wandb.run is not None:
         wandb.finish()
-    run = wandb.init(project=wb.project, entity=wb.entity, name=wb.name or args.run_name or out.name,
-                     tags=list(wb.tags) + [str(cfg.task)], dir=str(out), id=run_id, resume="allow" if run_id else None,
-                     config={"recipe": scrub(to_dict(cfg))})
+    try:
+        run = wandb.init(project=wb.project, entity=wb.entity, name=wb.name or args.run_name or out.name,
+                         tags=list(dict.fromkeys([*wb.tags, str(cfg.task)])), dir=str(out), id=run_id,
+                         resume="allow" if run_id else None, config={"recipe": scrub(to_dict(cfg))})
+    except wandb.errors.Error as e:  # no API key, bad entity, server refused...
+        raise ConfigError(f"W&B: {str(e).splitlines()[0]} (set WANDB_API_KEY or run `wandb login`; "
+                          "WANDB_MODE=offline logs locally; or trainer.report_to=none)") from None
     if run is not None and run_id is None and run.id:
         atomic_write_text(id_file, run.id + "\n")
     return run
@@ -100,6 +105,25 @@ def log_summary(values: dict[str, float], output_dir: str | Path | None = None) 
     if wandb.run is not None:
         for k, v in values.items():
             wandb.run.summary[k] = v
+
+
+def finish(trainer) -> None:
+    """End of a run (main process): reward_curves.png, the pickled training_args.bin replaced by JSON, W&B closed."""
+    if not trainer.is_world_process_zero():
+        return
+    from mmpc_rl.callbacks import replace_pickled_args
+
+    out = Path(trainer.args.output_dir)
+    replace_pickled_args(out, trainer.args)
+    png = plot_curves(out)
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        if png is not None:
+            wandb.log({"reward_curves": wandb.Image(str(png))})
+        wandb.finish()
 
 
 # ------------------------------------------------------------------------------------------------ reward wrapping
@@ -161,7 +185,7 @@ def instrument_rewards(rewards: list, recorder: CompletionRecorder | None = None
 
 def _wrap(reward, recorder):
     name = getattr(reward, "__name__", type(reward).__name__)
-    is_async = inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(getattr(reward, "__call__", None))
+    is_async = inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__)
 
     def after(t0, kwargs, prompts, completions, scores):
         if kwargs.get("log_metric") is not None:
@@ -189,9 +213,14 @@ def _wrap(reward, recorder):
 
 
 # ---------------------------------------------------------------------------------------------------- curves plot
-CURVE_GROUPS = (("reward", ("reward", "rewards/")), ("kl", ("kl",)), ("completion length", ("completions/mean_length",)),
-                ("frac_reward_zero_std", ("frac_reward_zero_std",)), ("step time (s)", ("step_time",)),
-                ("reward time (s)", ("timing/reward/",)))
+CURVE_GROUPS = (
+    ("reward", ("reward", "rewards/")),
+    ("kl", ("kl",)),
+    ("completion length", ("completions/mean_length",)),
+    ("frac_reward_zero_std", ("frac_reward_zero_std",)),
+    ("step time (s)", ("step_time",)),
+    ("reward time (s)", ("timing/reward/",)),
+)
 
 
 def plot_curves(output_dir: str | Path, filename: str = "reward_curves.png") -> Path | None:
