@@ -52,7 +52,7 @@ class MetricsLogger(TrainerCallback):
         append_jsonl(self.path, record)
         summary = {k: v for k, v in record.items() if k.startswith(SUMMARY_PREFIXES)}
         if summary:
-            log_summary(summary, args.output_dir)
+            log_summary(summary, self.path.parent)
 
 
 class CompletionsTable(TrainerCallback):
