@@ -19,6 +19,7 @@ image (or a list of them) per completion; they become an image column of the tab
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import threading
 import time
@@ -126,6 +127,40 @@ def finish(trainer) -> None:
         wandb.finish()
 
 
+# --------------------------------------------------------------------------------------------------- counted skips
+def drop_undecodable_images(ds, output_dir: str | Path | None = None, column: str = "image"):
+    """Rows whose image file does not decode are dropped and counted (stdout + output_dir/skips.json): TRL would
+    otherwise stop the run mid-epoch with a PIL error from inside `datasets`."""
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if column not in ds.column_names:
+        return ds
+    paths = ds.cast_column(column, ImageFeature(decode=False))[column]
+    bad = []
+    for i, p in enumerate(paths):
+        try:
+            src = p.get("path") or io.BytesIO(p.get("bytes") or b"")
+            with Image.open(src) as im:
+                im.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            bad.append((i, f"{p.get('path')}: {type(e).__name__}"))
+    if not bad:
+        return ds
+    if len(bad) == len(paths):
+        from mmpc_rl.errors import DataError
+
+        raise DataError(f"none of the {len(paths)} images decodes (e.g. {bad[0][1]}); rebuild the data")
+    print(f"mmpc-rl: skipped {len(bad)} of {len(paths)} rows whose image does not decode (e.g. {bad[0][1]})")
+    if output_dir is not None:
+        import json
+
+        atomic_write_text(Path(output_dir) / "skips.json", json.dumps(
+            {"undecodable_image": {"count": len(bad), "examples": [b[1] for b in bad[:10]]}}, indent=2) + "\n")
+    drop = {i for i, _ in bad}
+    return ds.select([i for i in range(len(paths)) if i not in drop])
+
+
 # ------------------------------------------------------------------------------------------------ reward wrapping
 def _text(x: Any) -> str:
     from mmpc_rl.tasks import completion_text
@@ -225,8 +260,6 @@ CURVE_GROUPS = (
 
 def plot_curves(output_dir: str | Path, filename: str = "reward_curves.png") -> Path | None:
     """reward_curves.png from metrics.jsonl: total reward and each term, KL, length, zero-std fraction, timings."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

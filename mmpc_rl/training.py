@@ -82,6 +82,7 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     rewards = monitoring.instrument_rewards(build_rewards(active_rewards(cfg), task, reward_context(cfg, models)),
                                             recorder)
     train_dataset = train_dataset if train_dataset is not None else build_dataset(cfg, task)
+    train_dataset = monitoring.drop_undecodable_images(train_dataset, args.output_dir)  # counted skip, not a crash
     model, processor = build_policy(cfg, args)
     cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=section(cfg, "wandb").log_completions_every),
