@@ -140,7 +140,8 @@ def _images_of(value) -> list:
     if isinstance(value, Image.Image):
         return [value]
     if isinstance(value, list):
-        return [v for v in value if isinstance(v, Image.Image)]
+        return [v if isinstance(v, Image.Image) else _tensor_to_pil(v) for v in value
+                if isinstance(v, Image.Image) or getattr(v, "ndim", 0) == 3]
     if isinstance(value, str):
         try:
             with Image.open(value) as im:
@@ -148,6 +149,15 @@ def _images_of(value) -> list:
         except OSError:  # an undecodable file shows as an empty cell, never a crash in logging
             return []
     return []
+
+
+def _tensor_to_pil(t):
+    """A CHW float tensor in [0, 1] (a diffusers "pt" render) as a PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    arr = (t.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
 
 
 def _wandb_image(wandb, imgs: list):

@@ -182,7 +182,7 @@ def _is_image(v: Any) -> bool:
 
     if isinstance(v, Image.Image):
         return True
-    if isinstance(v, list) and v and all(isinstance(i, Image.Image) for i in v):
+    if isinstance(v, list) and v and all(isinstance(i, Image.Image) or hasattr(i, "ndim") for i in v):
         return True
     return isinstance(v, str) and v.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(v)
 
@@ -213,6 +213,16 @@ class CompletionRecorder:
         self.batch["rewards"][name] = [None if s is None else float(s) for s in scores]
 
 
+def _renders_of(reward, n: int) -> dict[str, list]:
+    """Renders a text->image reward kept from its last call (`last = {"renders", "job_of"}`, as sd35_clip does):
+    per completion, its images (PIL or CHW tensors; converted only when a table is written)."""
+    last = getattr(getattr(reward, "fn", reward), "last", None)
+    if not isinstance(last, dict) or "renders" not in last or len(last.get("job_of") or []) != n:
+        return {}
+    renders = last["renders"]
+    return {"render": [[renders[j] for j in jobs] for jobs in last["job_of"]]}
+
+
 def instrument_rewards(rewards: list, recorder: CompletionRecorder | None = None) -> list:
     """Wrap rewards so each logs its time (`timing/reward/<name>`, through TRL's `log_metric`) and feeds the table."""
     return [_wrap(r, recorder) for r in rewards]
@@ -225,7 +235,7 @@ def _wrap(reward, recorder):
     def after(t0, kwargs, prompts, completions, scores):
         if kwargs.get("log_metric") is not None:
             kwargs["log_metric"](f"timing/reward/{name}", time.perf_counter() - t0)
-        images = _take_images()
+        images = {**_renders_of(reward, len(completions or [])), **_take_images()}
         if recorder is not None:
             state = kwargs.get("trainer_state")
             columns = {k: v for k, v in kwargs.items() if k not in ("trainer_state", "log_extra", "log_metric")}

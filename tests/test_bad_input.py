@@ -83,7 +83,6 @@ def test_image_that_does_not_decode_is_a_counted_skip(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def rewards(minilm):
     from mmpc_rl.rewards import RewardContext, build_rewards
-
     from mmpc_rl.tasks import get_task
 
     return build_rewards({"json_format": {}, "minilm_cosine": {}}, get_task("i2t"),

@@ -214,3 +214,29 @@ def test_offline_run_leaves_curves_logs_and_no_secrets_or_pickles(offline_run):
             blob = f.read_bytes()
             leaked += [f"{f.name}:{k}" for k, v in SECRETS.items() if v.encode() in blob]
     assert leaked == []
+
+
+def test_text_to_image_renders_become_an_image_column(tmp_path):
+    """A reward that keeps its last renders (sd35_clip: `last = {"renders", "job_of"}`) fills a `render` column."""
+    import torch
+
+    class Renderer:
+        __name__ = "sd35_clip"
+
+        def __call__(self, completions, **_):
+            red = torch.zeros(3, 2, 2)
+            red[0] = 1.0
+            self.last = {"renders": [red, torch.ones(3, 2, 2)], "job_of": [[0, 1], []]}
+            return [0.3, None]
+
+    rec = monitoring.CompletionRecorder()
+    (reward,) = monitoring.instrument_rewards([Renderer()], rec)
+    reward(prompts=[[{"role": "user", "content": "p"}]] * 2, completions=["a", "b"], text=["d0", "d1"])
+    table = CompletionsTable(tmp_path, rec, every=1)
+    columns, rows = table.rows(step=5)
+    assert columns == ["step", "prompt", "completion", "sd35_clip", "text", "render"]
+    assert [len(r[-1]) for r in rows] == [2, 0]
+    table.write(5, columns, rows)
+    first = next(read_jsonl(tmp_path / "completions" / "step_00005.jsonl"))
+    assert first["render"] == ["images/step_00005_r00_render_0.png", "images/step_00005_r00_render_1.png"]
+    assert Image.open(tmp_path / "completions" / first["render"][0]).getpixel((0, 0)) == (255, 0, 0)
