@@ -88,10 +88,26 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=section(cfg, "wandb").log_completions_every),
            *(callbacks or [])]
-    if section(cfg, "eval").enabled:
-        from mmpc_rl.eval.callback import CQBenchCallback
-
-        cbs.append(CQBenchCallback.from_recipe(cfg, task))
+    cqbench = cqbench_callback(cfg, task) if section(cfg, "eval").enabled else None
     monitoring.init_wandb(cfg, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
-    return GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
-                       processing_class=processor, peft_config=build_lora_config(cfg), callbacks=cbs)
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                          processing_class=processor, peft_config=build_lora_config(cfg),
+                          callbacks=cbs + ([cqbench] if cqbench else []))
+    if cqbench:
+        cqbench.bind(trainer)
+    return trainer
+
+
+def cqbench_callback(cfg: DictConfig, task: Task):
+    """CQBench before/after training on the recipe's held-out subset. For text->image it renders with the same SD3.5
+    the reward loaded (one copy per process)."""
+    from mmpc_rl.eval.callback import CQBenchCallback
+
+    renderer = None
+    if not task.uses_image_input:
+        from mmpc_rl.eval.cqbench import load_renderer
+
+        sd = active_rewards(cfg).get("sd35_clip", {})
+        renderer = load_renderer(sd.get("model", "stabilityai/stable-diffusion-3.5-large-turbo"),
+                                 size=int(sd.get("size", 1024)))
+    return CQBenchCallback.from_recipe(cfg, task, renderer=renderer)

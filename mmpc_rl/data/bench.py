@@ -30,6 +30,18 @@ def generate_meta(path: str | Path, lines: int) -> Path:
     return path
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. ru_maxrss is not enough: Linux carries the parent's high-water mark across
+    fork+exec, so a child of a large process (pytest) would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def bench(path: str | Path) -> dict:
     from mmpc_rl.data.reader import Stats, scan_meta
 
@@ -37,7 +49,7 @@ def bench(path: str | Path) -> dict:
     stats = Stats()
     eligible = scan_meta(Path(path), stats, progress=False)
     dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss_mb = peak_rss_mb()
     lines = stats.counts["lines_read"]
     return {"lines": lines, "eligible": len(eligible), "seconds": round(dt, 2),
             "lines_per_s": round(lines / dt), "cpu_lines_per_s": round(lines / cpu), "peak_rss_mb": round(rss_mb)}
