@@ -241,14 +241,19 @@ def environment(device: str) -> dict:
     env = {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
            "trl": trl.__version__, "peft": peft.__version__, "python": platform.python_version(),
            "cpu_count": os.cpu_count()}
+    if hasattr(os, "getloadavg"):  # CPU figures from a shared machine mean little without it
+        env["load_avg_1min"] = round(os.getloadavg()[0], 2)
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
 
 
 def release() -> None:
+    """Free the previous arm: its compiled graphs (and CUDA-graph pools) would otherwise count in the next arm's
+    peak memory."""
     import torch
 
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -303,6 +308,18 @@ def use_static_cache(opts: BenchOptions, device: str) -> bool:
     return opts.cache == "static" or (opts.cache == "auto" and compiled_generation(opts, device))
 
 
+def enable_compiled_generation(trainer, cpu: bool = False) -> None:
+    """Let transformers compile the decode step of a static-cache generate inside a GRPOTrainer. TRL builds its
+    GenerationConfig with disable_compile=True; with it off, transformers compiles on CUDA (CUDA graphs,
+    "reduce-overhead"). On CPU it compiles only when told to, and without CUDA graphs."""
+    trainer.generation_config.disable_compile = False
+    if cpu:
+        from transformers import CompileConfig
+
+        trainer.generation_config.compile_config = CompileConfig(mode="default")
+        trainer.generation_config.compile_config._compile_all_devices = True
+
+
 def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, reward_weights, device: str, dtype,
             group: int) -> dict:
     """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
@@ -321,14 +338,7 @@ def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, r
                           processing_class=processor, peft_config=build_lora_config(cfg), callbacks=[timer.callback()])
     compiled = arm == "project" and compiled_generation(opts, device)
     if compiled:
-        # TRL builds its GenerationConfig with disable_compile=True; transformers compiles the decode step of a
-        # static-cache generate when this is off (on CUDA; on CPU only with an explicit compile_config).
-        trainer.generation_config.disable_compile = False
-        if device != "cuda":  # transformers compiles on CUDA only unless told; CUDA graphs ("reduce-overhead") too
-            from transformers import CompileConfig
-
-            trainer.generation_config.compile_config = CompileConfig(mode="default")
-            trainer.generation_config.compile_config._compile_all_devices = True
+        enable_compiled_generation(trainer, cpu=device != "cuda")
     timer.wrap_generate(trainer.model)
     trainer.train()
     peak, kind = peak_memory_gb(device)
