@@ -33,7 +33,8 @@ def build_dataset(cfg: DictConfig, task: Task, split: str | None = None, limit: 
 
     data = section(cfg, "data")
     items = load_items(data.path, split=split or data.split, categories=data.categories,
-                       limit_per_category=limit or data.limit_per_category, seed=data.seed, cache_dir=data.cache_dir)
+                       limit_per_category=limit or data.limit_per_category, seed=data.seed, cache_dir=data.cache_dir,
+                       text_field=data.text_field)
     missing = [it.get("parent_asin") for it in items if not it.get("image") or not it.get("title")]
     if missing:
         raise DataError(f"{len(missing)} items lack an image or a title (e.g. {missing[:3]}); rebuild the data")

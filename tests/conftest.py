@@ -38,7 +38,7 @@ def minilm():
     """The real all-MiniLM-L6-v2, loaded once."""
     from mmpc_rl.rewards.minilm_cosine import load_sentence_model
 
-    return load_sentence_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+    return load_sentence_model("sentence-transformers/all-MiniLM-L6-v2", None)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mmpc_rl.rewards import REGISTRY, RewardContext, build_reward, build_rewards
 
+from mmpc_rl.rewards import REGISTRY, RewardContext, build_reward, build_rewards
 from mmpc_rl.tasks import get_task
 
 I2T = get_task("i2t")

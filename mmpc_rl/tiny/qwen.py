@@ -54,6 +54,12 @@ def build_processor():
                                video_processor=Qwen2VLVideoProcessor(), chat_template=template)
 
 
+VERSION = "2"  # bump when the tiny model changes: cached copies are rebuilt
+# Default-scale init (0.02) makes a 64-wide model's next-token distribution uniform (entropy = ln(vocab)) and GRPO
+# then has nothing to move; a larger init gives peaked, varied distributions like a real policy's.
+INIT_RANGE = 0.2
+
+
 def build_model(vocab_size: int, seed: int = 0):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -64,13 +70,13 @@ def build_model(vocab_size: int, seed: int = 0):
         text_config=dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          rope_parameters=rope, bos_token_id=0, eos_token_id=ids["<|im_end|>"], pad_token_id=0,
-                         tie_word_embeddings=True),
+                         tie_word_embeddings=True, initializer_range=INIT_RANGE),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+        tie_word_embeddings=True, initializer_range=INIT_RANGE)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
