@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from mmpc_rl.train import benchmark
 
 from mmpc_rl import bench
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.train import benchmark
 
 G, T = 2, 4
 TINY = ["recipe=i2t", "shape=tiny", "steps=2", "warmup=1", f"new_tokens={T}", f"num_generations={G}",

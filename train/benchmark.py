@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     import torch
-    from mmpc_rl.rewards import RewardContext, build_rewards
 
     from mmpc_rl import bench
     from mmpc_rl.config import active_rewards
     from mmpc_rl.io import atomic_write_json
     from mmpc_rl.models import torch_dtype
+    from mmpc_rl.rewards import RewardContext, build_rewards
     from mmpc_rl.tasks import get_task
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
