@@ -117,3 +117,27 @@ def test_option_errors_are_one_line_config_errors(argv, needle):
 def test_recipe_overrides_pass_through():
     opts, overrides = bench.parse_options(["steps=3", "lora.r=8", "trainer.beta=0.0", "arms=plain"])
     assert (opts.steps, opts.arms, overrides) == (3, ["plain"], ["lora.r=8", "trainer.beta=0.0"])
+
+
+def test_compiled_project_arm_settings():
+    from transformers import GenerationConfig
+
+    from mmpc_rl.config import load_recipe
+
+    opts, overrides = bench.parse_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2"])
+    cfg = load_recipe(["recipe=i2t", *overrides])
+    args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
+    assert (args.cache_implementation, args.pad_to_multiple_of, args.gradient_checkpointing) == ("static", 64, False)
+    assert (args.max_steps, args.max_completion_length, args.generation_kwargs) == (5, 7, {"min_new_tokens": 7})
+    assert (args.num_generations, args.per_device_train_batch_size, args.reward_weights) == (4, 4, [1.0, 2.0])
+    plain = bench.plain_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
+    assert (plain.cache_implementation, plain.pad_to_multiple_of, plain.gradient_checkpointing) == (None, None, True)
+
+    class Trainer:  # TRL 1.16 builds its GenerationConfig with disable_compile=True
+        generation_config = GenerationConfig(disable_compile=True)
+
+    trainer = Trainer()
+    bench.enable_compiled_generation(trainer, cpu=True)
+    cc = trainer.generation_config.compile_config
+    assert trainer.generation_config.disable_compile is False
+    assert (cc.mode, cc._compile_all_devices) == ("default", True)
