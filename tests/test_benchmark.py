@@ -124,7 +124,8 @@ def test_compiled_project_arm_settings():
 
     from mmpc_rl.config import load_recipe
 
-    opts, overrides = bench.parse_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2"])
+    opts, overrides = bench.parse_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2",
+                                           "trainer.gradient_checkpointing=true"])
     cfg = load_recipe(["recipe=i2t", *overrides])
     args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
     assert (args.cache_implementation, args.pad_to_multiple_of, args.gradient_checkpointing) == ("static", 64, False)
@@ -132,6 +133,10 @@ def test_compiled_project_arm_settings():
     assert (args.num_generations, args.per_device_train_batch_size, args.reward_weights) == (4, 4, [1.0, 2.0])
     plain = bench.plain_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
     assert (plain.cache_implementation, plain.pad_to_multiple_of, plain.gradient_checkpointing) == (None, None, True)
+
+    args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0],
+                              user_keys=("trainer.gradient_checkpointing",))
+    assert args.gradient_checkpointing is True  # a speed option the user set explicitly stays as given
 
     class Trainer:  # TRL 1.16 builds its GenerationConfig with disable_compile=True
         generation_config = GenerationConfig(disable_compile=True)

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"mmpc-rl: benchmark arm {arm!r}: {opts.warmup} warm-up + {opts.steps} measured steps")
         results["arms"][arm] = bench.run_arm(arm, cfg, opts, processor=processor, dataset=dataset, rewards=rewards,
-                                             reward_weights=weights, device=device, dtype=dtype, group=group)
+                                             reward_weights=weights, device=device, dtype=dtype, group=group,
+                                             user_keys=tuple(o.split("=", 1)[0].lstrip("+") for o in overrides))
         atomic_write_json(path, results)  # a kill loses at most the arm in progress
     results["ratio"] = ratios(results["arms"])
     atomic_write_json(path, results)
