@@ -161,6 +161,11 @@ class CategoryFeatures:
                 for m in ("text", "image")}
 
 
+def _postfix(bar):
+    return lambda epoch, loss, valid, best: bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", valid=valid, best=best,
+                                                            refresh=False)
+
+
 def _key(category: str, cond: C.Condition, model: str, hyper: dict) -> str:
     return json.dumps([category, cond.name, model, hyper], sort_keys=True)
 
@@ -212,8 +217,7 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
                     key = _key(cat, cond, model, hyper)
                     if key not in done:
                         res = train_one(model, data, f["text"], f["image"], hyper, tcfg, device, evaluators, extra,
-                                        progress=lambda e, loss, v, b: bar.set_postfix(
-                                            epoch=e, loss=f"{loss:.4f}", valid=v, best=b, refresh=False))
+                                        progress=_postfix(bar))
                         done[key] = {"key": key, "category": cat, "condition": cond.name, "model": model, **res}
                         append_jsonl(runs_path, done[key])
                     runs.append(done[key])

@@ -10,7 +10,7 @@ DEGREE_EPS = 1e-7  # added to every degree before the inverse square root, so is
 
 
 def _sparse(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.sparse_coo_tensor(indices, values, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(indices, values, (n, n), check_invariants=False).coalesce()
 
 
 def edge_norm(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:

@@ -69,6 +69,10 @@ def _gt_lookup(results: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["category"], r["model"]): r["test"] for r in results if r["method"] == "ground_truth"}
 
 
+def _rel(x: dict, gt: dict) -> dict:
+    return {c: (x[c] - gt[c]) / gt[c] if gt[c] else 0.0 for c in TABLE6_COLUMNS}
+
+
 def table6(results: list[dict]) -> dict:
     """Per task: each method's metrics averaged over (category, recommender) pairs that also have ground truth,
     the ground truth averaged over the same pairs, and the paper's Rel. Diff. (best completion vs GT) plus the mean
@@ -92,11 +96,9 @@ def table6(results: list[dict]) -> dict:
         best = {c: max(rows[m][c] for m in completions) for c in TABLE6_COLUMNS}
         mean = {c: float(np.mean([rows[m][c] for m in completions])) for c in TABLE6_COLUMNS}
 
-        def rel(x):
-            return {c: (x[c] - gt_row[c]) / gt_row[c] if gt_row[c] else 0.0 for c in TABLE6_COLUMNS}
-
         out[task] = {"pairs": [list(p) for p in pairs], "ground_truth": gt_row, "methods": rows,
-                     "rel_diff_best": rel(best), "rel_diff_mean": rel(mean), "completions": completions}
+                     "rel_diff_best": _rel(best, gt_row), "rel_diff_mean": _rel(mean, gt_row),
+                     "completions": completions}
     return out
 
 
