@@ -42,6 +42,7 @@ class RecBenchConfig:
     image_arch: str = "vit_base_patch16_224"
     cache_dir: str | None = None  # feature cache; None: <out>/feature_cache
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; 1 is much faster than 2 on a busy shared box
     select_by: str = "valid"  # "test" = MMRec's quick_start parity (picks the grid point by test Recall@20)
     epochs: int = 1000
     stopping_step: int = 20
@@ -179,6 +180,8 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
     if not categories:
         raise DataError(f"no <Category>/recbench folders in {data_dir}")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     cache = cfg.cache_dir or out / "feature_cache"
     text_enc = (text_encoder if isinstance(text_encoder, TextEncoder) else
                 TextEncoder(text_encoder or cfg.text_model, cache)) if "text" in cfg.modalities else None
