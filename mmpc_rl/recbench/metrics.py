@@ -70,22 +70,26 @@ class Evaluator:
     """
 
     def __init__(self, train_csr: tuple[np.ndarray, np.ndarray], split_csr: tuple[np.ndarray, np.ndarray],
-                 n_items: int, ks: Sequence[int] = KS, batch_users: int = 4096, device: str | torch.device = "cpu"):
-        self.ks, self.n_items, self.batch_users, self.device = tuple(ks), n_items, batch_users, torch.device(device)
-        self.train_ptr, self.train_idx = (torch.as_tensor(a, dtype=torch.long) for a in train_csr)
-        self.split_ptr, self.split_idx = (torch.as_tensor(a, dtype=torch.long) for a in split_csr)
+                 n_items: int, ks: Sequence[int] = KS, batch_users: int = 4096, device: str | torch.device = "cpu",
+                 max_batch_elements: int = 2**26):
+        self.ks, self.n_items, self.device = tuple(ks), n_items, torch.device(device)
+        # a users x items score block of at most ~64M floats, so large catalogs do not run out of memory
+        self.batch_users = max(1, min(batch_users, max_batch_elements // max(n_items, 1)))
+        self.train_ptr, self.train_idx = (torch.as_tensor(a, dtype=torch.long, device=self.device) for a in train_csr)
+        self.split_ptr, self.split_idx = (torch.as_tensor(a, dtype=torch.long, device=self.device) for a in split_csr)
         counts = self.split_ptr[1:] - self.split_ptr[:-1]
         self.users = torch.nonzero(counts > 0).flatten()
 
     def _dense(self, ptr: torch.Tensor, idx: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         starts, ends = ptr[users], ptr[users + 1]
         lens = ends - starts
-        rows = torch.repeat_interleave(torch.arange(len(users)), lens)
-        offs = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        dev = self.device
+        rows = torch.repeat_interleave(torch.arange(len(users), device=dev), lens)
+        offs = torch.arange(int(lens.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
         cols = idx[torch.repeat_interleave(starts, lens) + offs]
-        out = torch.zeros(len(users), self.n_items, dtype=torch.bool)
+        out = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=dev)
         out[rows, cols] = True
-        return out.to(self.device)
+        return out
 
     @torch.no_grad()
     def evaluate(self, score_fn) -> dict[str, float]:
@@ -96,11 +100,11 @@ class Evaluator:
         max_k = min(max(self.ks), self.n_items)
         for start in range(0, len(self.users), self.batch_users):
             users = self.users[start:start + self.batch_users]
-            scores = score_fn(users.to(self.device)).float()
+            scores = score_fn(users).float()
             scores = scores.masked_fill(self._dense(self.train_ptr, self.train_idx, users), MASK_VALUE)
             topk_idx = torch.topk(scores, max_k, dim=1).indices
             test_dense = self._dense(self.split_ptr, self.split_idx, users)
-            n_test = (self.split_ptr[users + 1] - self.split_ptr[users]).to(self.device)
+            n_test = self.split_ptr[users + 1] - self.split_ptr[users]
             for name, value in _hit_sums(topk_idx, test_dense, n_test, self.ks).items():
                 totals[name] += value
         return {name: round(value / len(self.users), 4) for name, value in totals.items()}
