@@ -146,7 +146,8 @@ def heatmap(results: list[dict], path: Path, metric: str = "recall@20") -> Path 
 
     finite = mat[np.isfinite(mat)]
     span = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cats), 1.0 + 0.45 * len(labels)))
+    width = max(7.0, 3.0 + 1.1 * len(cats))
+    fig, ax = plt.subplots(figsize=(width, 2.2 + 0.45 * len(labels)))
     # blue = worse than ground truth, as in the paper's Figure 4
     im = ax.imshow(mat, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
     ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
@@ -154,9 +155,11 @@ def heatmap(results: list[dict], path: Path, metric: str = "recall@20") -> Path 
     for i in range(len(labels)):
         for j in range(len(cats)):
             if np.isfinite(mat[i, j]):
-                ax.text(j, i, f"{mat[i, j]:+.1f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label=f"{metric} vs ground truth (%)")
-    ax.set_title(f"Relative {metric} difference to ground truth, mean over recommenders")
+                dark = abs(mat[i, j]) > 0.6 * span
+                ax.text(j, i, f"{mat[i, j]:+.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label="% vs ground truth")
+    ax.set_title(f"{metric}: relative difference to ground truth (mean over recommenders)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
