@@ -249,6 +249,9 @@ def build_grpo_config(cfg: DictConfig):
         # user without a GPU means (e.g. a tiny local model), so say so and go on.
         print("mmpc-rl: no CUDA device found: training on CPU in float32 (trainer.use_cpu=true, bf16=false)")
         opts.update(use_cpu=True, bf16=False, fp16=False)
+    for key, value in opts.items():
+        if key.endswith("_strategy") and isinstance(value, bool):
+            opts[key] = "no" if value is False else "steps"  # YAML 1.1 reads `no` as false
     if opts.get("report_to") in (None, [], "none"):
         opts["report_to"] = "none"
     try:

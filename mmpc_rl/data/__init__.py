@@ -1,0 +1,85 @@
+"""Amazon Reviews 2023 data: the sample catalog, the `mmpc-rl data build` pipeline, and `load_items`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mmpc_rl.errors import DataError
+
+SPLITS = ("train", "cqbench")
+__all__ = ["SPLITS", "default_cache_dir", "load_items", "read_built"]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MMPC_RL_CACHE", "~/.cache/mmpc_rl")).expanduser()
+
+
+def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:
+    """Items of one split from a `mmpc-rl data build` output folder."""
+    from mmpc_rl.data.reader import resolve_categories
+    from mmpc_rl.io import read_jsonl
+
+    built = sorted(json.loads((out / "summary.json").read_text())["categories"])
+    cats = built if categories is None else resolve_categories(out, categories)
+    items = []
+    for cat in cats:
+        path = out / cat / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{out} holds no {cat} data; categories there: {', '.join(built)}")
+        items += list(read_jsonl(path))
+    return items
+
+
+def load_items(path: str | os.PathLike = "sample", split: str = "train", categories: list[str] | None = None,
+               limit_per_category: int | None = None, seed: int = 42, cache_dir: str | os.PathLike | None = None,
+               text_field: str = "title") -> list[dict]:
+    """Items `{parent_asin, title, text, image, category}` of one split, category by category.
+
+    `path`: "sample" (the generated catalog, built into `cache_dir` first), a raw folder of `meta_*.jsonl[.gz]`
+    (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
+    `mmpc-rl data build`. The train and cqbench splits never share an item.
+    """
+    from mmpc_rl.data.reader import resolve_categories
+
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if str(path) == "sample":
+        from mmpc_rl.data.sample import build_sample_catalog
+
+        source = build_sample_catalog(cache / "sample-catalog")
+    else:
+        source = Path(path).expanduser().resolve()
+    if not source.is_dir():
+        raise DataError(f"data path {str(path)!r} does not exist; give 'sample', a raw Amazon-2023 folder or a "
+                        "`mmpc-rl data build` output folder")
+    if (source / "summary.json").is_file():
+        items = read_built(source, split, categories)
+    else:
+        cats = resolve_categories(source, categories)
+        if not cats:
+            raise DataError(f"no meta_<Category>.jsonl[.gz] files and no summary.json in {source}")
+        items = read_built(_built(source, cats, seed, text_field, cache), split, cats)
+    if limit_per_category is not None:
+        kept, counts = [], dict.fromkeys((i["category"] for i in items), 0)
+        for item in items:
+            if counts[item["category"]] < limit_per_category:
+                kept.append(item)
+                counts[item["category"]] += 1
+        items = kept
+    return items
+
+
+def _built(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
+    """Build a raw folder once per (source, categories, seed, text field); later calls reuse the output."""
+    from mmpc_rl.data.build import build
+
+    key = json.dumps([str(source), cats, seed, text_field])
+    out = cache / "built" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    done = out / "summary.json"
+    if not done.is_file() or json.loads(done.read_text())["options"]["source"] != str(source):
+        build(source=str(source), out=str(out), categories=cats, seed=seed, text_field=text_field, progress=False)
+    return out

@@ -29,9 +29,12 @@ def tiny_path(name: str, root: str | os.PathLike | None = None) -> Path:
     if name not in BUILDERS:
         raise ConfigError(f"unknown tiny model tiny://{name}" + did_you_mean(name, BUILDERS))
     out = Path(root) if root else cache_root() / "tiny" / name
-    if not (out / ".complete").exists():
-        module, func = BUILDERS[name].split(":")
+    module_name, func = BUILDERS[name].split(":")
+    module = importlib.import_module(module_name)
+    version = str(getattr(module, "VERSION", "1"))
+    marker = out / ".complete"
+    if not marker.exists() or marker.read_text().strip() != version:
         out.mkdir(parents=True, exist_ok=True)
-        getattr(importlib.import_module(module), func)(out)
-        (out / ".complete").write_text("ok\n")
+        getattr(module, func)(out)
+        marker.write_text(version + "\n")
     return out

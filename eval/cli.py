@@ -1,0 +1,20 @@
+"""`mmpc-rl eval BENCHMARK key=value ...`: the benchmarks of this package."""
+
+from __future__ import annotations
+
+import importlib
+
+from mmpc_rl.errors import ConfigError, did_you_mean
+
+BENCHMARKS = {"cqbench": "mmpc_rl.eval.cqbench", "speed": "mmpc_rl.eval.speed"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: mmpc-rl eval cqbench [key=value ...]\n")
+        print(importlib.import_module(BENCHMARKS["cqbench"]).__doc__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}" + did_you_mean(name, BENCHMARKS))
+    return importlib.import_module(BENCHMARKS[name]).main(rest)

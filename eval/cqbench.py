@@ -1,0 +1,220 @@
+"""CQBench runs: frozen MLLMs, or a LoRA adapter against its base, on the content-quality item set.
+
+    mmpc-rl eval cqbench models=[Qwen/Qwen2.5-VL-7B-Instruct,google/gemma-3-4b-it] tasks=[i2t] limit=100
+    mmpc-rl eval cqbench models=[tiny://qwen2.5-vl] data=sample output_dir=outputs/cq
+    mmpc-rl eval cqbench models=[Qwen/Qwen2.5-VL-7B-Instruct] adapter=outputs/i2t   # base vs LoRA, one copy
+    python eval/cqbench.py key=value ...
+
+Writes to output_dir: items/<model>/<task>.jsonl (per item, appended as generated: a rerun resumes), results.json,
+tables.md (and lora_vs_base.md with adapter=), radar.png. Options: see CQBenchConfig and docs/cqbench.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmpc_rl.errors import ConfigError, did_you_mean
+
+
+@dataclass
+class CQBenchConfig:
+    models: list[str] = field(default_factory=lambda: ["Qwen/Qwen2.5-VL-7B-Instruct"])
+    tasks: list[str] = field(default_factory=lambda: ["i2t"])
+    data: str = "data/mmpcbench"  # "sample", a raw Amazon-2023 folder or a `mmpc-rl data build` output
+    categories: list[str] | None = None
+    split: str = "cqbench"
+    limit: int | None = None  # items per category (the paper: 1000)
+    seed: int = 42
+    output_dir: str = "outputs/cqbench"
+    adapter: str | None = None  # a LoRA folder: evaluate base (adapter off) and adapter with one copy of the weights
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # None: the task's budget (titles 128, prompts 256)
+    do_sample: bool = False
+    dtype: str = "bfloat16"
+    qlora: bool = False  # 4-bit NF4 with double quantisation (the authors' loading)
+    attn_implementation: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    bertscore: str | None = None  # "roberta-large" (paper) or a local folder; None: no BERTScore
+    bertscore_layers: int | None = None
+    lpips: str | None = None  # torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
+    lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
+    clip: str | None = None  # CLIP ViT-B/32: hub id, local folder or tiny://clip; None: no CLIP similarity
+    renderer: str = "stabilityai/stable-diffusion-3.5-large-turbo"
+    render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
+    render_steps: int = 4
+    render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
+    resize: str = "cv2"  # generated -> reference size, bilinear (paper); "square512": both to 512^2
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+def parse_config(argv: list[str]) -> CQBenchConfig:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mmpc_rl.config import parse_overrides
+
+    recipe, overrides = parse_overrides(argv)
+    if recipe is not None:
+        raise ConfigError("mmpc-rl eval cqbench takes no recipe=; pass its options as key=value")
+    valid = [f.name for f in dataclasses.fields(CQBenchConfig)]
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r}" + did_you_mean(key, valid))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(CQBenchConfig), OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
+    cfg = CQBenchConfig(**OmegaConf.to_container(merged, resolve=True))
+    for task in cfg.tasks:
+        if task not in ("i2t", "t2i"):
+            raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, ["i2t", "t2i"]))
+    if cfg.resize not in ("cv2", "square512"):
+        raise ConfigError(f"resize={cfg.resize!r}; valid choices: cv2, square512")
+    if not cfg.models:
+        raise ConfigError("models=[...] names no model")
+    return cfg
+
+
+def model_key(name: str) -> str:
+    """A folder-safe, readable name: the hub id's last part, or tiny-NAME."""
+    name = name.rstrip("/")
+    if name.startswith("tiny://"):
+        return "tiny-" + name[len("tiny://"):]
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", Path(name).name) or "model"
+
+
+def load_scorers(cfg: CQBenchConfig):
+    from mmpc_rl.eval.runner import Scorers
+    from mmpc_rl.eval.scorers import load_bertscore, load_clip, load_lpips
+
+    sc = Scorers(resize=cfg.resize)
+    if "i2t" in cfg.tasks and cfg.bertscore:
+        sc.bertscore = load_bertscore(_resolve(cfg.bertscore, "BERTScore encoder"), cfg.bertscore_layers)
+    if "t2i" in cfg.tasks:
+        if cfg.lpips:
+            if cfg.lpips == "random":
+                print("mmpc-rl: lpips=random: AlexNet trunk with random weights; LPIPS values are not comparable")
+            sc.lpips = load_lpips(None if cfg.lpips == "random" else cfg.lpips, cfg.lpips_channel_order)
+        if cfg.clip:
+            sc.clip = load_clip(cfg.clip)
+        sc.renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
+                                    max_sequence_length=cfg.render_max_sequence_length)
+    return sc
+
+
+def _resolve(name: str, kind: str) -> str:
+    from mmpc_rl.models import resolve_model_path
+
+    return resolve_model_path(name, kind=kind)
+
+
+def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_sequence_length: int = 512):
+    """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (shared with the T->I reward); guidance
+    0 as the authors used SD3.5-large-turbo."""
+    from mmpc_rl.render import load_renderer as shared
+
+    renderer = shared(name_or_path)
+
+    def render(prompts: list[str], seeds: list[int]):
+        return renderer.render(prompts, seeds, height=size, width=size, num_inference_steps=steps,
+                               guidance_scale=0.0, max_sequence_length=max_sequence_length)
+
+    return render
+
+
+def load_model(cfg: CQBenchConfig, name: str):
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.models import load_policy
+
+    mc = ModelConfig(name_or_path=name, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                     qlora=cfg.qlora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    return load_policy(mc)
+
+
+def run(cfg: CQBenchConfig) -> dict:
+    """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
+    from mmpc_rl.data import load_items
+    from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
+    from mmpc_rl.eval.runner import evaluate
+    from mmpc_rl.io import atomic_write_json, atomic_write_text
+    from mmpc_rl.tasks import get_task
+
+    out = Path(cfg.output_dir)
+    items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
+                       seed=cfg.seed, cache_dir=cfg.cache_dir)
+    if not items:
+        raise ConfigError(f"no items in {cfg.data} (split={cfg.split}, categories={cfg.categories})")
+    scorers = load_scorers(cfg)
+    results: dict[str, dict] = {}
+    deltas = []
+    for name in cfg.models:
+        model, processor = load_model(cfg, name)
+        key = model_key(name)
+        arms = [(key, None)]
+        if cfg.adapter:
+            model = _attach_adapter(model, cfg.adapter)
+            arms = [(key, "base"), (f"{key}+{model_key(cfg.adapter)}", "lora")]
+        for task_name in cfg.tasks:
+            task = get_task(task_name)
+            for arm_key, arm in arms:
+                ctx = model.disable_adapter() if arm == "base" else _nullcontext()
+                with ctx:
+                    res = evaluate(model, processor, task, items, results_path=out / "items" / arm_key /
+                                   f"{task_name}.jsonl", scorers=scorers, batch_size=cfg.batch_size,
+                                   max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, seed=cfg.seed,
+                                   image_dir=out / "images" / arm_key, progress=cfg.progress,
+                                   desc=f"{arm_key} {task_name}")
+                if res is not None:
+                    results.setdefault(arm_key, {})[task_name] = res
+            if cfg.adapter and all(a in results and task_name in results[a] for a, _ in arms):
+                deltas.append(delta_table(results[arms[0][0]][task_name], results[arms[1][0]][task_name], task_name,
+                                          base_name=arms[0][0], lora_name=arms[1][0]))
+        del model
+    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "results": results})
+    atomic_write_text(out / "tables.md", "# CQBench\n\n" + markdown_tables(results))
+    if deltas:
+        atomic_write_text(out / "lora_vs_base.md", "# CQBench: base vs LoRA\n\n" + "\n".join(deltas))
+    radar_png(results, out / "radar.png")
+    return results
+
+
+def _attach_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    from mmpc_rl.errors import ModelLoadError
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter={adapter!r} is not a LoRA folder (no adapter_config.json there)")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=False)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    results = run(cfg)
+    out = Path(cfg.output_dir)
+    text = (out / "lora_vs_base.md") if cfg.adapter else (out / "tables.md")
+    print(text.read_text())
+    n = sum(r["n_items"] for per_task in results.values() for r in per_task.values())
+    print(f"mmpc-rl: CQBench scored {n} item-runs; results.json, tables.md and radar.png in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from mmpc_rl.errors import run_cli
+
+    sys.exit(run_cli(lambda: main(sys.argv[1:])))

@@ -1,0 +1,205 @@
+"""`mmpc-rl data build`: raw Amazon Reviews 2023 files -> CQBench, GRPO and RecBench sets with cached cover images.
+
+Per category: scan meta (eligible ids only) -> RecBench users from the reviews -> fetch the few records needed ->
+download images -> fill CQBench then GRPO from a seeded order over sorted ids, skipping items whose image failed ->
+RecBench whitelist, all its reviews, k-core, chronological split. A rerun reuses the image cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+from mmpc_rl.data import recsel
+from mmpc_rl.data.images import ImageCache
+from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, find_file, scan_meta
+from mmpc_rl.data.schema import TEXT_FIELDS
+from mmpc_rl.data.select import seeded_order, set_sizes
+from mmpc_rl.errors import ConfigError, DataError
+from mmpc_rl.io import atomic_write_json, atomic_write_text
+
+HF_REPO = "McAuley-Lab/Amazon-Reviews-2023"
+DEFAULTS: dict[str, object] = {
+    "source": None, "out": None, "categories": None, "cqbench_per_category": 1000, "train_per_category": 500,
+    "seed": 42, "text_field": "title", "selection": "authors", "k": 5, "rec_users": 1000, "image_cache": None,
+    "workers": 16, "timeout": 10.0, "retries": 3, "min_image_size": 32, "progress": True,
+}
+
+
+def _hub_file(category: str, kind: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        sub = "meta_categories/meta_" if kind == "meta" else "review_categories/"
+        return Path(hf_hub_download(HF_REPO, f"raw/{sub}{category}.jsonl", repo_type="dataset"))
+    except Exception as e:  # network, auth and missing-file errors all mean the same thing to the user
+        raise DataError(f"cannot fetch {kind} file of {category} from the hub ({type(e).__name__}: {e}); "
+                        "download it elsewhere and pass source=FOLDER") from None
+
+
+def locate(source: str, category: str) -> tuple[Path, Path | None]:
+    if source == "hub":
+        return _hub_file(category, "meta"), _hub_file(category, "review")
+    root = Path(source).expanduser()
+    meta = find_file(root, category, "meta")
+    if meta is None:
+        raise DataError(f"no meta_{category}.jsonl[.gz] in {root}; categories there: "
+                        + (", ".join(categories_in(root)) or "none"))
+    return meta, find_file(root, category, "review")
+
+
+def _fill(order: list[str], sizes: tuple[int, ...], meta: Path, text_field: str, cache: ImageCache,
+          stats: Stats, cat: str) -> list[list[dict]]:
+    """Take items in `order` into sets of the given sizes, skipping (and counting) items whose image fails."""
+    sets: list[list[dict]] = [[] for _ in sizes]
+    pos, need = 0, sum(sizes)
+    while pos < len(order) and sum(map(len, sets)) < need:
+        missing = need - sum(map(len, sets))
+        chunk = order[pos: pos + missing + max(8, missing // 10)]  # a margin for failures saves a meta pass
+        pos += len(chunk)
+        recs = fetch_meta(meta, set(chunk), text_field)
+        got = cache.fetch([recs[a]["url"] for a in chunk if a in recs], desc=f"images {cat}")
+        for asin in chunk:
+            res = got.get(recs[asin]["url"]) if asin in recs else None
+            if res is None or not res["ok"]:
+                stats.add(f"image_{res['reason'] if res else 'no_record'}", f"{asin} {recs.get(asin, {}).get('url')}")
+                continue
+            target = next((s for s, n in zip(sets, sizes, strict=True) if len(s) < n), None)
+            if target is None:
+                break
+            target.append({"parent_asin": asin, "title": recs[asin]["title"], "text": recs[asin]["text"],
+                           "image": res["path"], "category": cat})
+    return sets
+
+
+def _recbench(reviews: Path, eligible: list[str], meta: Path, opts: dict, cache: ImageCache, stats: Stats,
+              image_stats: Stats, cat: str, out: Path) -> dict:
+    index = {a: n for n, a in enumerate(eligible)}
+    progress = bool(opts["progress"])
+    if opts["selection"] == "authors":
+        cols = recsel.collect(reviews, index, stats, min_rating=4.0, progress=progress)
+        seqs = recsel.user_sequences(*cols)
+        chosen = recsel.select_users(seqs, int(opts["rec_users"]))
+        candidates = sorted({i for u in chosen for i in seqs[u]})
+    else:
+        u, i, t = recsel.collect(reviews, index, stats, progress=progress)
+        mask = recsel.earliest_per_pair(u, i, t)
+        mask[mask] = recsel.kcore(u[mask], i[mask], int(opts["k"]), int(opts["k"]))
+        candidates = sorted(set(i[mask].tolist()))
+    asins = [eligible[i] for i in candidates]
+    recs = fetch_meta(meta, set(asins), str(opts["text_field"]))
+    got = cache.fetch([recs[a]["url"] for a in asins if a in recs], desc=f"rec images {cat}")
+    ok_asins = {a for a in asins if a in recs and got[recs[a]["url"]]["ok"]}
+    for a in sorted(set(asins) - ok_asins):
+        res = got.get(recs[a]["url"]) if a in recs else None
+        image_stats.add(f"rec_image_{res['reason'] if res else 'no_record'}", a)
+    if opts["selection"] == "authors":
+        ok = {index[a] for a in ok_asins}
+        final = recsel.refilter(chosen, seqs, ok)
+        whitelist = {eligible[i] for u in final for i in seqs[u] if i in ok}
+        rows = recsel.final_interactions(reviews, whitelist, Stats(), progress=progress)  # lines counted once
+    else:
+        users = set(u[mask].tolist())
+        rows = recsel.final_interactions(reviews, ok_asins, Stats(), users=users, dedup="pair",
+                                         k_user=int(opts["k"]), k_item=int(opts["k"]), progress=progress)
+    inter, umap, imap = recsel.reindex(rows)
+    _write_recbench(out / "recbench", cat, inter, umap, imap, recs, got)
+    return {"users": len(umap), "items": len(imap), "interactions": len(inter)}
+
+
+def _write_recbench(d: Path, cat: str, inter: list[tuple], umap: dict, imap: dict, recs: dict, got: dict) -> None:
+    lines = ["userID\titemID\trating\ttimestamp\tx_label"] + ["\t".join(map(str, r)) for r in inter]
+    atomic_write_text(d / f"{cat.lower()}.inter", "\n".join(lines) + "\n")
+    for name, mapping in (("u_id_mapping.csv", umap), ("i_id_mapping.csv", imap)):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["original_id", "new_id"])
+        w.writerows(mapping.items())
+        atomic_write_text(d / name, buf.getvalue())
+    items = []
+    for asin, n in imap.items():
+        rec = recs.get(asin, {})
+        res = got.get(rec.get("url"))
+        items.append({"itemID": n, "parent_asin": asin, "title": rec.get("title", ""), "text": rec.get("text", ""),
+                      "image": res["path"] if res and res["ok"] else None})
+    atomic_write_text(d / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+
+
+def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
+    out = Path(str(opts["out"])) / cat
+    meta, reviews = locate(str(opts["source"]), cat)
+    meta_stats, review_stats, image_stats = Stats(), Stats(), Stats()
+    eligible = scan_meta(meta, meta_stats, progress=bool(opts["progress"]))
+    sizes = set_sizes(len(eligible), int(opts["cqbench_per_category"]), int(opts["train_per_category"]))
+    order = seeded_order(eligible, int(opts["seed"]))
+    cq, train = _fill(order, sizes, meta, str(opts["text_field"]), cache, image_stats, cat)
+    for name, items in (("cqbench", cq), ("train", train)):
+        atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+    atomic_write_json(out / "ids.json", {"seed": opts["seed"], "cqbench": [r["parent_asin"] for r in cq],
+                                         "train": [r["parent_asin"] for r in train]})
+    rec = (_recbench(reviews, eligible, meta, opts, cache, review_stats, image_stats, cat, out) if reviews is not None
+           else {"skipped": "no review file"})
+    return {"meta_file": str(meta), "review_file": str(reviews) if reviews else None,
+            "items": meta_stats.counts["items"], "eligible": len(eligible),
+            "cqbench": len(cq), "train": len(train), "recbench": rec,
+            "skipped_lines": {"meta": meta_stats.as_dict(), "reviews": review_stats.as_dict()},
+            "failed_images": image_stats.as_dict()}
+
+
+def build(**kwargs) -> Path:
+    """Run the pipeline (keyword options as on the command line); returns the output folder."""
+    opts = dict(DEFAULTS)
+    opts.update(kwargs)
+    if not opts["source"] or not opts["out"]:
+        raise ConfigError("source= and out= are required (source: a folder of raw .jsonl[.gz] files, or hub)")
+    if opts["text_field"] not in TEXT_FIELDS:
+        raise ConfigError(f"text_field={opts['text_field']!r}; valid choices: {', '.join(TEXT_FIELDS)}")
+    if opts["selection"] not in ("authors", "kcore"):
+        raise ConfigError(f"selection={opts['selection']!r}; valid choices: authors, kcore")
+    if opts["source"] != "hub" and not Path(str(opts["source"])).expanduser().is_dir():
+        raise DataError(f"source folder {opts['source']} does not exist")
+    cats = opts["categories"]
+    if cats is None and opts["source"] != "hub":  # a folder holding some of the nine: those it holds
+        cats = [c for c in CATEGORIES if c in categories_in(Path(str(opts["source"])).expanduser())]
+        if not cats:
+            raise DataError(f"no meta_<Category>.jsonl[.gz] of the nine categories in {opts['source']}")
+    elif cats is None:
+        cats = list(CATEGORIES)
+    elif isinstance(cats, str):
+        cats = [c.strip() for c in cats.strip("[]").split(",") if c.strip()]
+    from mmpc_rl.data.reader import resolve_categories
+
+    cats = resolve_categories(Path("."), list(cats))
+    for cat in cats:  # fail before any work, not after an hour on the first category
+        locate(str(opts["source"]), cat) if opts["source"] != "hub" else None
+    out = Path(str(opts["out"])).expanduser()
+    opts["out"] = out
+    cache = ImageCache(opts["image_cache"] or out / "images", timeout=float(opts["timeout"]),
+                       retries=int(opts["retries"]), workers=int(opts["workers"]),
+                       min_size=int(opts["min_image_size"]), progress=bool(opts["progress"]))
+    t0 = time.time()
+    summary = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}, "categories": {}}
+    for cat in cats:
+        summary["categories"][cat] = build_category(cat, opts, cache)
+    summary["images_downloaded_this_run"] = cache.downloaded
+    summary["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "summary.json", summary)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from mmpc_rl.data.cli import options
+
+    opts = options(argv, DEFAULTS, ("source", "out"))
+    out = build(**opts)
+    summary = json.loads((out / "summary.json").read_text())
+    for cat, s in summary["categories"].items():
+        rec = s["recbench"]
+        print(f"{cat}: {s['eligible']}/{s['items']} eligible, cqbench {s['cqbench']}, train {s['train']}, "
+              f"recbench {rec.get('users', 0)} users / {rec.get('items', 0)} items / "
+              f"{rec.get('interactions', 0)} interactions, {sum(s['failed_images']['counts'].values())} failed images")
+    print(f"{summary['images_downloaded_this_run']} images downloaded; summary: {out / 'summary.json'}")
+    return 0

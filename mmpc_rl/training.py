@@ -1,0 +1,104 @@
+"""Build the pieces of a GRPO run from a validated recipe: dataset, rewards, policy, trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mmpc_rl.config import active_rewards, build_grpo_config, build_lora_config, save_config, section
+from mmpc_rl.errors import DataError
+from mmpc_rl.rewards import RewardContext, build_rewards
+from mmpc_rl.tasks import Task, get_task
+
+
+def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
+    """Dataset columns for a task. TRL feeds `image`/`images` to the policy, so the t2i reference image travels in
+    `reference_image`; every other column reaches the rewards as a keyword argument."""
+    rows = {"prompt": [task.messages(it) for it in items], "title": [it["title"] for it in items],
+            "parent_asin": [it["parent_asin"] for it in items], "category": [it["category"] for it in items]}
+    if task.uses_image_input:
+        rows["image"] = [it["image"] for it in items]
+    else:
+        rows["text"] = [it.get("text") or it["title"] for it in items]
+        rows["reference_image"] = [it["image"] for it in items]
+    return rows
+
+
+def build_dataset(cfg: DictConfig, task: Task, split: str | None = None, limit: int | None = None):
+    """A `datasets.Dataset` of the task's prompts. Images stay file paths until TRL reads a batch."""
+    from datasets import Dataset, Image
+
+    from mmpc_rl.data import load_items
+
+    data = section(cfg, "data")
+    items = load_items(data.path, split=split or data.split, categories=data.categories,
+                       limit_per_category=limit or data.limit_per_category, seed=data.seed, cache_dir=data.cache_dir,
+                       text_field=data.text_field)
+    missing = [it.get("parent_asin") for it in items if not it.get("image") or not it.get("title")]
+    if missing:
+        raise DataError(f"{len(missing)} items lack an image or a title (e.g. {missing[:3]}); rebuild the data")
+    if not items:
+        raise DataError(f"no items in {data.path} (split={split or data.split}, categories={data.categories})")
+    ds = Dataset.from_dict(task_rows(task, items))
+    if task.uses_image_input:
+        ds = ds.cast_column("image", Image())
+    return ds
+
+
+def reward_context(cfg: DictConfig, models: dict | None = None) -> RewardContext:
+    return RewardContext(device=None, models=dict(models or {}), output_dir=cfg.trainer.output_dir)
+
+
+def build_policy(cfg: DictConfig, args):
+    import torch
+
+    from mmpc_rl.models import load_policy
+
+    model_cfg = section(cfg, "model")
+    model, processor = load_policy(model_cfg, cpu=bool(args.use_cpu) or not torch.cuda.is_available())
+    if model_cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+    return model, processor
+
+
+def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: list | None = None,
+                  train_dataset=None):
+    """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st})."""
+    from trl import GRPOTrainer
+
+    from mmpc_rl.callbacks import MetricsLogger
+
+    task = get_task(cfg.task)
+    args = build_grpo_config(cfg)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if args.process_index == 0:
+        save_config(cfg, args.output_dir)
+    rewards = build_rewards(active_rewards(cfg), task, reward_context(cfg, models))
+    train_dataset = train_dataset if train_dataset is not None else build_dataset(cfg, task)
+    model, processor = build_policy(cfg, args)
+    cbs = [MetricsLogger(args.output_dir), *(callbacks or [])]
+    cqbench = cqbench_callback(cfg, task) if section(cfg, "eval").enabled else None
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
+                          processing_class=processor, peft_config=build_lora_config(cfg),
+                          callbacks=cbs + ([cqbench] if cqbench else []))
+    if cqbench:
+        cqbench.bind(trainer)
+    return trainer
+
+
+def cqbench_callback(cfg: DictConfig, task: Task):
+    """CQBench before/after training on the recipe's held-out subset. For text->image it renders with the same SD3.5
+    the reward loaded (one copy per process)."""
+    from mmpc_rl.eval.callback import CQBenchCallback
+
+    renderer = None
+    if not task.uses_image_input:
+        from mmpc_rl.eval.cqbench import load_renderer
+
+        sd = active_rewards(cfg).get("sd35_clip", {})
+        renderer = load_renderer(sd.get("model", "stabilityai/stable-diffusion-3.5-large-turbo"),
+                                 size=int(sd.get("size", 1024)))
+    return CQBenchCallback.from_recipe(cfg, task, renderer=renderer)

@@ -1,0 +1,32 @@
+"""json_format: does the completion answer with a JSON object holding the task's key?
+
+1.0  the authors' parser recovers a JSON object whose task key (`title` / `prompt`) is a non-empty string; code
+     fences, surrounding prose and a truncated closing brace are tolerated exactly as that parser tolerates them;
+0.5  the parser recovers a JSON object or array of the wrong shape (other key, empty or non-string value): the
+     format was right, the content was not;
+0.0  nothing parses, or only a bare scalar does (a stray number in prose parses as JSON, which says nothing).
+"""
+
+from __future__ import annotations
+
+from mmpc_rl.rewards import register
+from mmpc_rl.tasks import completion_text
+
+OK, WRONG_SHAPE, FAIL = 1.0, 0.5, 0.0
+
+
+def score(task, completion: str) -> float:
+    parsed = task.parse(completion)
+    if parsed.status == "ok":
+        return OK
+    if parsed.status == "wrong" and isinstance(parsed.data, (dict, list)):
+        return WRONG_SHAPE
+    return FAIL
+
+
+@register("json_format")
+def json_format(task, context=None):
+    def reward(completions, **_) -> list[float]:
+        return [score(task, completion_text(c)) for c in completions]
+
+    return reward

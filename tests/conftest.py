@@ -1,0 +1,48 @@
+"""Shared fixtures. Offline everywhere (no hub retries), W&B off unless a test turns it on, one cache per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Tiny models and the sample catalog are built once per session into a private cache."""
+    root = tmp_path_factory.mktemp("mmpc-cache")
+    old = os.environ.get("MMPC_RL_CACHE")
+    os.environ["MMPC_RL_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("MMPC_RL_CACHE", None)
+    else:
+        os.environ["MMPC_RL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(_session_cache):
+    """Folder of the tiny random Qwen2.5-VL (model + processor)."""
+    from mmpc_rl.tiny import tiny_path
+
+    return tiny_path("qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2, loaded once."""
+    from mmpc_rl.rewards.minilm_cosine import load_sentence_model
+
+    return load_sentence_model("sentence-transformers/all-MiniLM-L6-v2", None)
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(_session_cache):
+    from mmpc_rl.data.sample import build_sample_catalog
+
+    return build_sample_catalog(_session_cache / "sample-catalog")

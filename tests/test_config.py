@@ -1,0 +1,86 @@
+"""Recipes compose, build their objects, obey override precedence, and reject what does not exist by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmpc_rl.config import build_grpo_config, build_lora_config, list_recipes, load_recipe, save_config
+from mmpc_rl.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_composes_and_builds(name):
+    cfg = load_recipe([f"recipe={name}"])
+    args = build_grpo_config(cfg)
+    assert args.reward_weights == [float(o["weight"]) for o in cfg.rewards.values()]
+    assert build_lora_config(cfg).r == 16
+
+
+def test_i2t_recipe_is_paper_parity():
+    cfg = load_recipe(["recipe=i2t"])
+    args = build_grpo_config(cfg)
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert (args.loss_type, args.beta, args.epsilon, args.epsilon_high) == ("grpo", 0.04, 0.28, 0.28)
+    assert (args.num_generations, args.learning_rate, args.scale_rewards) == (16, 1e-5, "group")
+    assert list(cfg.rewards) == ["json_format", "minilm_cosine"] and args.reward_weights == [1.0, 2.0]
+    assert args.report_to == ["wandb"]
+    lora = build_lora_config(cfg)
+    assert (lora.r, lora.lora_alpha) == (16, 32)
+
+
+def test_override_precedence_cli_over_recipe_over_base():
+    base_only = load_recipe(["recipe=i2t"])
+    assert base_only.trainer.save_total_limit == 3  # from base.yaml
+    assert base_only.trainer.learning_rate == 1e-5  # i2t.yaml over base.yaml
+    demo = load_recipe(["recipe=demo-i2t"])
+    assert demo.trainer.learning_rate == 1e-3  # demo-i2t.yaml over i2t.yaml (inherit)
+    assert demo.trainer.loss_type == "grpo"  # inherited from i2t
+    cli = load_recipe(["recipe=demo-i2t", "trainer.learning_rate=0.5", "rewards.minilm_cosine.weight=3"])
+    assert cli.trainer.learning_rate == 0.5 and build_grpo_config(cli).reward_weights == [1.0, 3.0]
+    dropped = load_recipe(["recipe=demo-i2t", "rewards.minilm_cosine=null"])
+    assert build_grpo_config(dropped).reward_weights == [1.0]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["recipe=nope"], "unknown recipe 'nope'"),
+        (["recipe=i2t", "trainer.bogus=1"], "unknown key trainer.bogus"),
+        (["recipe=i2t", "model.nam_or_path=x"], "did you mean 'name_or_path'"),
+        (["recipe=i2t", "lora.rank=8"], "unknown key lora.rank"),
+        (["recipe=i2t", "rewards.nope.weight=1"], "unknown reward 'nope'"),
+        (["recipe=i2t", "rewards.minilm_cosine.temperature=1"], "unknown key rewards.minilm_cosine.temperature"),
+        (["recipe=i2t", "rewards.json_format.weight=abc"], "must be a number"),
+        (["recipe=i2t", "task=x2y"], "unknown task 'x2y'"),
+        (["recipe=i2t", "bogus_section.a=1"], "unknown key recipe.bogus_section"),
+        (["recipe=i2t", "model.dtype=int3"], "model.dtype='int3'"),
+        (["recipe=i2t", "trainer.reward_weights=[1]"], "rewards.<name>.weight"),
+        (["recipe=i2t", "notakeyvalue"], "key=value"),
+        ([], "no recipe given"),
+    ],
+)
+def test_errors_name_the_culprit_and_the_choices(argv, needle):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(argv)
+    assert needle in str(e.value)
+    if "unknown" in needle and "did you mean" not in needle:
+        assert "valid choices" in str(e.value)
+
+
+def test_unknown_recipe_lists_valid_recipes():
+    with pytest.raises(ConfigError, match="demo-i2t.*i2t|i2t.*demo-i2t"):
+        load_recipe(["recipe=i3t"])
+
+
+def test_trainer_value_errors_are_config_errors():
+    cfg = load_recipe(["recipe=demo-i2t", "trainer.per_device_train_batch_size=6", "trainer.num_generations=4"])
+    with pytest.raises(ConfigError, match="trainer:.*divisible"):
+        build_grpo_config(cfg)
+
+
+def test_saved_config_is_resolved_and_scrubbed(tmp_path):
+    cfg = load_recipe(["recipe=demo-i2t", "wandb.name=run1"])
+    cfg.wandb["api_key"] = "sk-secret"  # a user pasting a key must not see it written to disk
+    text = save_config(cfg, tmp_path).read_text()
+    assert "output_dir: outputs/demo-i2t" in text and "recipe: demo-i2t" in text
+    assert "sk-secret" not in text and "<redacted>" in text

@@ -1,0 +1,280 @@
+"""CQBench end to end on the sample catalog with the tiny Qwen2.5-VL: runs, resume, reports, base vs LoRA, and the
+before/after callback inside a tiny GRPO run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mmpc_rl.errors import ConfigError
+from mmpc_rl.eval import cqbench, runner
+from mmpc_rl.eval.report import aggregate, delta_table, markdown_tables, radar_scores
+from mmpc_rl.io import read_jsonl
+
+TINY = "tiny://qwen2.5-vl"
+ARGS = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=6", "dtype=float32", "progress=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a loaded 2-core box OpenMP's spin-waits make tiny matmuls ~100x slower with 2 threads than with 1.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cq")
+    calls = []
+    real = runner.generate_batch
+
+    def counting(model, processor, task, items, **kw):
+        calls.append(len(items))
+        return real(model, processor, task, items, **kw)
+
+    runner.generate_batch = counting
+    try:
+        rc = cqbench.main([f"models=[{TINY}]", f"output_dir={out}", *ARGS])
+    finally:
+        runner.generate_batch = real
+    return out, rc, calls
+
+
+def test_run_writes_results_tables_and_radar(first_run):
+    out, rc, calls = first_run
+    assert rc == 0
+    assert calls == [4, 2]  # 3 categories x 2 items, batches of 4
+    res = json.loads((out / "results.json").read_text())["results"]["tiny-qwen2.5-vl"]["i2t"]
+    assert res["n_items"] == 6 and sum(res["status"].values()) == 6
+    assert sorted(res["per_category"]) == ["All_Beauty", "Toys_and_Games", "Video_Games"]
+    assert all(s["n"] == 2 for pc in res["per_category"].values() for s in pc.values())
+    assert len(res["per_item"]) == 6 and {"completion", "answer", "status", "metrics"} <= set(res["per_item"][0])
+    # six new tokens never close a JSON object: every item is scored as the literal "error"
+    for rec in res["per_item"]:
+        if rec["status"] != "ok":
+            assert rec["answer"] == "error"
+    tables = (out / "tables.md").read_text()
+    assert "| tiny-qwen2.5-vl |" in tables and "| Video_Games | tiny-qwen2.5-vl |" in tables
+    assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_recomputes_nothing(first_run, monkeypatch):
+    out, _, _ = first_run
+    monkeypatch.setattr(runner, "generate_batch", lambda *a, **k: pytest.fail("generated again"))
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={out}", *ARGS]) == 0
+    assert len(list(read_jsonl(out / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"))) == 6
+
+
+def test_interrupted_run_resumes_with_only_the_rest(first_run, tmp_path, monkeypatch):
+    out, _, _ = first_run
+    lines = (out / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl").read_text().splitlines(keepends=True)
+    part = tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"
+    part.parent.mkdir(parents=True)
+    part.write_text("".join(lines[:3]) + lines[3][:25])  # three items done, the fourth torn by a kill
+    seen = []
+    real = runner.generate_batch
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, t, items, **k: seen.extend(items) or real(
+        m, p, t, items, **k))
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", *ARGS]) == 0
+    done = {json.loads(x)["key"] for x in lines[:3]}
+    assert len(seen) == 3 and not done & {runner.item_key(it) for it in seen}
+    recs = list(read_jsonl(part))
+    assert len(recs) == 6 and len({r["key"] for r in recs}) == 6  # the torn line was cut away, nothing twice
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'modles'.*did you mean 'models'"):
+        cqbench.parse_config(["modles=[x]"])
+    with pytest.raises(ConfigError, match="unknown task 'i2x'"):
+        cqbench.parse_config(["tasks=[i2x]"])
+    with pytest.raises(ConfigError, match="resize="):
+        cqbench.parse_config(["resize=crop"])
+
+
+def test_cli_dispatch_reaches_cqbench(capsys):
+    from mmpc_rl.cli import main
+
+    assert main(["eval", "cqbench", "modles=[x]"]) == 2
+    assert "unknown key 'modles'" in capsys.readouterr().err
+    assert main(["eval", "cqbnech"]) == 2
+    assert "did you mean 'cqbench'" in capsys.readouterr().err
+
+
+def test_model_keys():
+    assert cqbench.model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
+    assert cqbench.model_key("tiny://qwen2.5-vl") == "tiny-qwen2.5-vl"
+    assert cqbench.model_key("/ckpt/run 1/") == "run_1"
+
+
+# -------------------------------------------------------------------------------------------------- reports
+def rec(cat, status, **metrics):
+    return {"key": cat, "category": cat, "status": status, "metrics": metrics}
+
+
+def test_aggregate_is_mean_of_category_means_with_population_std():
+    records = [rec("A", "ok", token_overlap=0.2), rec("A", "ok", token_overlap=0.4),
+               rec("B", "fail", token_overlap=1.0)]
+    agg = aggregate(records, "i2t")
+    assert agg["per_category"]["A"]["token_overlap"] == pytest.approx({"mean": 0.3, "std": 0.1, "n": 2})
+    assert agg["summary"]["token_overlap"] == pytest.approx({"mean": 0.65, "std": 0.35, "n": 2})
+    assert agg["status"] == {"ok": 2, "fail": 1}
+
+
+def test_lpips_none_values_are_left_out():
+    agg = aggregate([rec("A", "ok", lpips=None, mse=0.1), rec("A", "ok", lpips=0.5, mse=0.3)], "t2i")
+    assert agg["per_category"]["A"]["lpips"] == {"mean": 0.5, "std": 0.0, "n": 1}
+
+
+def test_delta_table_and_radar():
+    base = aggregate([rec("A", "ok", token_overlap=0.2), rec("B", "ok", token_overlap=0.4)], "i2t")
+    lora = aggregate([rec("A", "ok", token_overlap=0.5), rec("B", "ok", token_overlap=0.4)], "i2t")
+    table = delta_table(base, lora, "i2t")
+    assert "| All (mean over categories) | Δ | +0.1500 |" in table and "| A | Δ | +0.3000 |" in table
+    assert "| B | Δ | +0.0000 |" in table
+    # min-max over the four cells: 0.2 -> 0, 0.4 -> 2/3, 0.5 -> 1
+    scores = radar_scores({"base": {"i2t": base}, "lora": {"i2t": lora}}, "i2t")
+    assert scores["base"] == pytest.approx({"A": 0.0, "B": 2 / 3})
+    assert scores["lora"] == pytest.approx({"A": 1.0, "B": 2 / 3})
+    mse = {"m": {"t2i": aggregate([rec("A", "ok", mse=0.1), rec("B", "ok", mse=0.3)], "t2i")}}
+    assert radar_scores(mse, "t2i")["m"] == pytest.approx({"A": 1.0, "B": 0.0})  # lower is better: inverted
+    assert "| m | – | 0.2000 ± 0.1000 |" not in markdown_tables(mse)
+    assert "| m | 0.2000 ± 0.1000 |" in markdown_tables(mse)
+
+
+def test_inf_psnr_is_reported_not_crashing():
+    agg = aggregate([rec("A", "ok", psnr=math.inf)], "t2i")
+    assert "| m | inf |" in markdown_tables({"m": {"t2i": agg}})
+
+
+# ---------------------------------------------------------------------------------------------- base vs LoRA
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, tiny_qwen):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    peft_model = get_peft_model(model, lora)
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # a freshly initialised LoRA is a no-op; make it change the outputs
+            p.data.normal_(0, 2.0)
+    path = tmp_path_factory.mktemp("adapter") / "demo-lora"
+    peft_model.save_pretrained(path)
+    return path
+
+
+def test_adapter_evaluates_base_and_lora_with_deltas(first_run, tiny_adapter, tmp_path, capsys):
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", f"adapter={tiny_adapter}", *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny-qwen2.5-vl |" in printed and "| tiny-qwen2.5-vl+demo-lora |" in printed and "| Δ |" in printed
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert sorted(results) == ["tiny-qwen2.5-vl", "tiny-qwen2.5-vl+demo-lora"]
+    completions = {a: {r["key"]: r["completion"] for r in results[a]["i2t"]["per_item"]} for a in results}
+    frozen = {r["key"]: r["completion"] for r in read_jsonl(first_run[0] / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
+    assert completions["tiny-qwen2.5-vl"] == frozen  # adapter disabled == the plain base model
+    assert completions["tiny-qwen2.5-vl+demo-lora"] != frozen
+    assert (tmp_path / "lora_vs_base.md").is_file()
+
+
+def test_adapter_folder_must_hold_an_adapter(tmp_path):
+    from mmpc_rl.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        cqbench._attach_adapter(None, str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- training callback
+def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm):
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.eval.callback import CQBenchCallback
+    from mmpc_rl.training import build_trainer
+
+    cfg = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "trainer.max_steps=2",
+                       "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
+                       "trainer.max_completion_length=4", "data.limit_per_category=1",
+                       "eval.items_per_category=1", "eval.max_new_tokens=4", "eval.every_n_steps=1"])
+    trainer = build_trainer(cfg, models={"minilm": minilm})
+    cb = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CQBenchCallback))
+    assert cb.trainer is None  # unbound: it finds the trainer that runs it
+    trainer.train()
+    assert trainer.model.training  # train mode restored after every evaluation
+    logged = [h for h in trainer.state.log_history if any(k.startswith("cqbench/") for k in h)]
+    tags = [next(k for k in h if k.startswith("cqbench/")).split("/")[1] for h in logged]
+    assert tags == ["before", "step-1", "after"]
+    assert logged[0]["cqbench/before/tfidf_euclidean"] >= 0.0 and "cqbench/after/parse_ok_rate" in logged[-1]
+    on_disk = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("cqbench/after/token_overlap" in r for r in on_disk)  # through the trainer's loggers
+    for tag in ("before", "step-1", "after"):
+        assert len(list(read_jsonl(tmp_path / "cqbench" / tag / "items.jsonl"))) == 3
+        assert json.loads((tmp_path / "cqbench" / tag / "summary.json").read_text())["n_items"] == 3
+    assert "| All (mean over categories) | Δ |" in (tmp_path / "cqbench" / "before_after.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ text->image
+def test_t2i_run_with_tiny_sd3_and_tiny_clip(tmp_path):
+    args = ["tasks=[t2i]", "renderer=tiny://sd3", "clip=tiny://clip", "lpips=random", "render_size=64",
+            "render_max_sequence_length=32"]
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", *ARGS, *args]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["results"]["tiny-qwen2.5-vl"]["t2i"]
+    assert set(res["summary"]) == {"psnr", "ssim", "mse", "lpips", "clip"}
+    for rec in res["per_item"]:
+        jpg = tmp_path / "images" / "tiny-qwen2.5-vl" / rec["category"] / f"{rec['parent_asin']}.jpg"
+        assert rec["image"] == str(jpg) and jpg.read_bytes()[:2] == b"\xff\xd8"  # saved as JPEG, as the authors
+        m = rec["metrics"]
+        assert m["psnr"] == pytest.approx(10 * math.log10(1 / m["mse"]), rel=1e-6)
+        assert -1.0 <= m["clip"] <= 1.0 and m["lpips"] >= 0.0
+    assert "| tiny-qwen2.5-vl | " in (tmp_path / "tables.md").read_text()
+
+
+def test_speed_harness_reports_both_modes(tmp_path, capsys):
+    from mmpc_rl.eval import speed
+
+    out = tmp_path / "speed.json"
+    argv = ["items=4", "batch_sizes=[1,4]", "max_new_tokens=3", "dtype=float32", f"output={out}"]
+    assert speed.main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
+    assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
+    assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
+    with pytest.raises(ConfigError, match="unknown option 'itmes=4'"):
+        speed.main(["itmes=4"])
+
+
+def test_unreadable_image_is_a_one_line_data_error(tmp_path):
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.eval.generate import length_sorted_batches
+    from mmpc_rl.tasks import get_task
+
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    items = [{"parent_asin": "B1", "category": "A", "title": "t", "image": str(tmp_path / "bad.jpg")}]
+    with pytest.raises(DataError, match="cannot read image .*bad.jpg of item B1"):
+        list(length_sorted_batches(get_task("i2t"), items, 4))
+
+
+def test_sharded_processes_split_items_and_rank0_merges(tmp_path, monkeypatch, first_run):
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.data import load_items
+    from mmpc_rl.models import load_policy
+    from mmpc_rl.tasks import get_task
+
+    model, processor = load_policy(ModelConfig(name_or_path=TINY, dtype="float32"), cpu=True)
+    items = load_items("sample", split="cqbench", limit_per_category=2)
+    path = tmp_path / "i2t.jsonl"
+    kw = {"results_path": path, "batch_size": 4, "max_new_tokens": 6, "progress": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # torchrun/accelerate set these; rank 1 finishes first here
+    assert runner.evaluate(model, processor, get_task("i2t"), items, **kw) is None
+    shard = [r["key"] for r in read_jsonl(tmp_path / "i2t.rank1.jsonl")]
+    assert sorted(shard) == sorted(runner.item_key(it) for it in items[1::2])  # every 2nd item, rank 1's share
+    monkeypatch.setenv("RANK", "0")
+    res = runner.evaluate(model, processor, get_task("i2t"), items, **kw)
+    assert [r["key"] for r in res["per_item"]] == [runner.item_key(it) for it in items]
+    assert sorted(r["key"] for r in read_jsonl(path)) == sorted(runner.item_key(it) for it in items)
+    frozen = {r["key"]: r["completion"] for r in read_jsonl(first_run[0] / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
+    assert {r["key"]: r["completion"] for r in res["per_item"]} == frozen  # same greedy output, any sharding
