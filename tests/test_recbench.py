@@ -205,3 +205,23 @@ def test_load_category_mmrec_rules(tmp_path):
         read_inter(inter)
     with pytest.raises(DataError, match="no RecBench folder"):
         load_category(tmp_path, "Nope")
+
+
+def test_read_generated_cqbench_layouts(tmp_path):
+    # CQBench writes items/<model>/<task>.jsonl with the parsed title in `answer` and the rendered image in `image`
+    i2t = {"key": "Video_Games/A1", "parent_asin": "A1", "category": "Video_Games", "reference": "real",
+           "completion": '{"title": "raw"}', "answer": "Parsed Title", "status": "ok", "metrics": {}}
+    t2i = {"key": "Video_Games/A2", "parent_asin": "A2", "category": "Video_Games", "reference": "x.jpg",
+           "completion": "{}", "answer": "a prompt", "status": "ok", "metrics": {}, "image": "renders/A2.jpg"}
+    for task, rec in (("i2t", i2t), ("t2i", t2i)):
+        (tmp_path / "cq" / "items" / "qwen7b").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cq" / "items" / "qwen7b" / f"{task}.jsonl").write_text(json.dumps(rec) + "\n")
+    got, _ = C.read_generated(tmp_path / "cq")
+    assert got == {("qwen7b", "i2t"): {("video_games", "A1"): "Parsed Title"},
+                   ("qwen7b", "t2i"): {("video_games", "A2"): str(tmp_path / "cq" / "renders/A2.jpg")}}
+    nested = {"config": {}, "results": {"gemma4b": {"i2t": {"task": "i2t", "per_item": [i2t]}}}}
+    (tmp_path / "results.json").write_text(json.dumps(nested))
+    assert C.read_generated(tmp_path / "results.json")[0] == {("gemma4b", "i2t"): {("video_games", "A1"):
+                                                                                    "Parsed Title"}}
+    with pytest.raises(DataError, match="does not exist"):
+        C.read_generated(tmp_path / "nope.jsonl")

@@ -25,7 +25,8 @@ MODALITY_TASK = {v: k for k, v in TASK_MODALITY.items()}
 BASELINES = ("zeros", "random")
 
 ASIN_KEYS = ("parent_asin", "asin", "item_id", "id")
-TEXT_KEYS = ("generated", "generated_title", "title_generated", "prediction", "completion")
+# CQBench's per-item records keep the parsed title in `answer` (`completion` is the raw model output)
+TEXT_KEYS = ("generated", "answer", "generated_title", "title_generated", "prediction", "completion")
 IMAGE_KEYS = ("image", "generated_image", "image_path", "path")
 METHOD_KEYS = ("model", "method", "policy", "model_name")
 CONTAINER_KEYS = ("records", "items", "results", "per_item")
@@ -81,23 +82,39 @@ def norm_category(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
 
 
-def _records(path: Path) -> list[dict]:
+def _records(path: Path) -> list[tuple[dict, str | None, str | None]]:
+    """(record, default method, default task) from a file or a CQBench output folder."""
+    if path.is_dir():  # a CQBench output_dir: items/<model>/<task>.jsonl
+        files = sorted(path.glob("items/*/*.jsonl")) or sorted(path.glob("*/*.jsonl"))
+        files = [f for f in files if f.stem in TASK_MODALITY]
+        if not files:
+            raise DataError(f"{path} holds no items/<model>/<i2t|t2i>.jsonl")
+        return [r for f in files for r in _records(f)]
     if not path.is_file():
         raise DataError(f"generated-results file {path} does not exist")
+    # CQBench names its per-item files <model>/<task>.jsonl
+    method, task = (path.parent.name, path.stem) if path.stem in TASK_MODALITY else (None, None)
     if path.suffix == ".jsonl":
-        return list(read_jsonl(path))
+        return [(r, method, task) for r in read_jsonl(path)]
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
-        return list(read_jsonl(path))  # JSON Lines under another suffix
+        return [(r, method, task) for r in read_jsonl(path)]  # JSON Lines under another suffix
+    if isinstance(obj, dict) and isinstance(obj.get("results"), dict):  # CQBench results.json: results[model][task]
+        out = []
+        for model, tasks in obj["results"].items():
+            for task_name, agg in (tasks or {}).items():
+                if isinstance(agg, dict) and isinstance(agg.get("per_item"), list):
+                    out += [(r, model, task_name) for r in agg["per_item"]]
+        return out
     if isinstance(obj, dict):
         for key in CONTAINER_KEYS:
             if isinstance(obj.get(key), list):
-                return obj[key]
+                return [(r, method, task) for r in obj[key]]
         raise DataError(f"{path}: a JSON object needs a list under one of: {', '.join(CONTAINER_KEYS)}")
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a list of per-item records")
-    return obj
+    return [(r, method, task) for r in obj]
 
 
 def _first(rec: dict, keys: tuple[str, ...]):
@@ -110,16 +127,18 @@ def _first(rec: dict, keys: tuple[str, ...]):
 def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, dict]:
     """{(method, task): {(category, parent_asin): title-or-image-path}} from a CQBench results file, and skip counts.
 
-    Records need an id (`parent_asin`/`asin`/`item_id`), a `task` ("i2t"/"t2i"; else inferred from which field is
-    present) and the content: `generated` (or generated_title/prediction/completion) for i2t, `image` (or
-    generated_image/image_path) for t2i; relative image paths are taken from the results file's folder. The method
-    is the record's `model` (or method/policy/model_name), else `method`, else the file stem. `category` is
-    optional: a record without one applies to every category.
+    `path` is a JSON/JSONL file, a CQBench `results.json` (results[model][task].per_item), or a CQBench output folder
+    (items/<model>/<task>.jsonl). Records need an id (`parent_asin`/`asin`/`item_id`), a `task` ("i2t"/"t2i"; else
+    the CQBench file name, else inferred from which field is present) and the content: `generated` (or CQBench's
+    `answer`, generated_title, prediction, completion) for i2t, `image` (or generated_image/image_path) for t2i;
+    a relative image path that does not exist from the working directory is taken from the results file's folder.
+    The method is `method`, else the record's `model` (or method/policy/model_name), else the CQBench model folder,
+    else the file stem. `category` is optional: a record without one applies to every category.
     """
     path = Path(path)
     out: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
     skipped = {"no_id": 0, "no_content": 0, "bad_task": 0}
-    for rec in _records(path):
+    for rec, default_method, default_task in _records(path):
         if not isinstance(rec, dict):
             skipped["no_content"] += 1
             continue
@@ -127,7 +146,7 @@ def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, d
         if asin is None:
             skipped["no_id"] += 1
             continue
-        task = rec.get("task")
+        task = rec.get("task") or default_task
         text, image = _first(rec, TEXT_KEYS), _first(rec, IMAGE_KEYS)
         if task is None:
             task = "t2i" if (image is not None and text is None) else "i2t"
@@ -138,9 +157,9 @@ def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, d
         if content is None or not isinstance(content, str):
             skipped["no_content"] += 1
             continue
-        if task == "t2i" and not Path(content).is_absolute():
-            content = str(path.parent / content)
-        name = str(method or _first(rec, METHOD_KEYS) or path.stem)
+        if task == "t2i" and not Path(content).is_absolute() and not Path(content).exists():
+            content = str((path if path.is_dir() else path.parent) / content)
+        name = str(method or _first(rec, METHOD_KEYS) or default_method or path.stem)
         cat = norm_category(rec["category"]) if rec.get("category") else "*"
         out.setdefault((name, task), {})[(cat, str(asin))] = content
     return out, skipped
