@@ -1,4 +1,4 @@
-"""A full `mmpc-rl recbench` run on a generated catalog with the real MiniLM and a tiny timm ViT from a local file:
+"""A full `mmpc-rl recbench` run on the sample catalog with the real MiniLM and a tiny timm ViT from a local file:
 ground truth, generated titles (i2t), generated images (t2i) and the zeros baseline; then a resume."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from mmpc_rl.cli import main as cli_main
-from mmpc_rl.recbench.synthetic import make_category
 
 TINY_GRID = ["grid.VBPR.reg_weight=[0.1]", "grid.BM3.n_layers=[1]", "grid.BM3.dropout=[0.5]",
              "grid.BM3.reg_weight=[0.1]", "grid.FREEDOM.dropout=[0.8]", "grid.FREEDOM.reg_weight=[0.0,0.001]"]
@@ -22,24 +21,28 @@ def bench_run(tmp_path_factory):
     from PIL import Image
     from safetensors.torch import save_file
 
+    from mmpc_rl.recbench.bench import RecBenchConfig, resolve_data_dir
+
     root = tmp_path_factory.mktemp("recbench")
-    make_category(root / "data", "Toy", n_users=40, n_items=24, n_interactions=300, images=True, seed=1)
-    make_category(root / "data", "Game", n_users=40, n_items=24, n_interactions=300, images=True, seed=2)
+    built = resolve_data_dir(RecBenchConfig(data_dir="sample"))  # the sample catalog through the data pipeline
+    cq = [json.loads(x) for x in (built / "Video_Games" / "cqbench.jsonl").read_text().splitlines()][:12]
+    beauty = [json.loads(x) for x in (built / "All_Beauty" / "cqbench.jsonl").read_text().splitlines()][:5]
     torch.manual_seed(0)
     vit = timm.create_model("test_vit", pretrained=False)
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, root / "vit.safetensors")
     (root / "gen").mkdir()
-    records = [{"parent_asin": f"B{i:09d}", "category": "Toy", "task": "i2t", "model": "tiny_vlm",
-                "generated": f"plush toy number {i}"} for i in range(0, 24, 2)]
-    for i in range(5):
+    records = [{"parent_asin": it["parent_asin"], "category": "Video_Games", "task": "i2t", "model": "tiny_vlm",
+                "generated": " ".join(it["title"].split()[1:])} for it in cq]
+    for i, it in enumerate(beauty):
         Image.new("RGB", (40, 40), (10 * i, 200, 30)).save(root / "gen" / f"{i}.png")
-        records.append({"parent_asin": f"B{i:09d}", "category": "Game", "task": "t2i", "model": "tiny_vlm",
-                        "image": f"{i}.png"})
+        records.append({"parent_asin": it["parent_asin"], "category": "All_Beauty", "task": "t2i",
+                        "model": "tiny_vlm", "image": f"{i}.png"})
     (root / "gen" / "cqbench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = root / "out"
-    argv = ["recbench", f"data_dir={root / 'data'}", f"out={out}", f"generated=[{root / 'gen' / 'cqbench.jsonl'}]",
-            "epochs=3", "baselines=[zeros]", "baseline_missing=[text]", f"image_model={root / 'vit.safetensors'}",
-            "image_arch=test_vit", "device=cpu", "threads=1", *TINY_GRID]
+    argv = ["recbench", "data_dir=sample", "categories=[Video_Games,All_Beauty]", f"out={out}",
+            f"generated=[{root / 'gen' / 'cqbench.jsonl'}]", "epochs=3", "baselines=[zeros]",
+            "baseline_missing=[text]", f"image_model={root / 'vit.safetensors'}", "image_arch=test_vit",
+            "device=cpu", "threads=1", *TINY_GRID]
     old = torch.get_num_threads()
     rc = cli_main(argv)
     torch.set_num_threads(old)
@@ -54,14 +57,16 @@ def test_run_writes_results_tables_heatmap(bench_run):
     res = json.loads((out / "results.json").read_text())
     got = {(r["category"], r["condition"], r["model"]) for r in res["results"]}
     models = ("VBPR", "BM3", "FREEDOM")
-    expected = {(c, cond, m) for c in ("Game", "Toy") for cond in ("ground_truth", "zeros|text|1.0") for m in models}
-    expected |= {("Toy", "tiny_vlm|text|1.0", m) for m in models}  # generated titles exist for Toy only
-    expected |= {("Game", "tiny_vlm|image|1.0", m) for m in models}  # generated images for Game only
+    cats = ("All_Beauty", "Video_Games")
+    expected = {(c, cond, m) for c in cats for cond in ("ground_truth", "zeros|text|1.0") for m in models}
+    expected |= {("Video_Games", "tiny_vlm|text|1.0", m) for m in models}  # generated titles: Video_Games only
+    expected |= {("All_Beauty", "tiny_vlm|image|1.0", m) for m in models}  # generated images: All_Beauty only
     assert got == expected
-    assert res["conditions"]["Toy"]["tiny_vlm|text|1.0"] == {"replaced": 12, "generations_for_category": 12,
-                                                             "unloadable_generations": 0}
-    assert res["conditions"]["Game"]["tiny_vlm|image|1.0"]["replaced"] == 5
-    assert res["conditions"]["Toy"]["zeros|text|1.0"] == {"replaced": 24}
+    assert res["conditions"]["Video_Games"]["tiny_vlm|text|1.0"] == {
+        "replaced": 12, "generations_for_category": 12, "unloadable_generations": 0}
+    assert res["conditions"]["All_Beauty"]["tiny_vlm|image|1.0"]["replaced"] == 5
+    n_items = res["data"]["Video_Games"]["items"]
+    assert n_items > 12 and res["conditions"]["Video_Games"]["zeros|text|1.0"] == {"replaced": n_items}
     for r in res["results"]:
         assert set(r["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20, 50)}
         assert all(0.0 <= v <= 1.0 and v == round(v, 4) for v in r["test"].values())
@@ -76,10 +81,11 @@ def test_run_writes_results_tables_heatmap(bench_run):
     for name in ("VBPR_i2t.md", "VBPR_t2i.csv", "FREEDOM_t2i.md", "table6.md"):
         assert (out / "tables" / name).is_file()
     vbpr = (out / "tables" / "VBPR_i2t.md").read_text()
-    assert "| Toy | tiny_vlm |" in vbpr and "| Game | Ground Truth |" in vbpr and "| Toy | zeros |" in vbpr
+    assert "| Video_Games | tiny_vlm |" in vbpr and "| All_Beauty | Ground Truth |" in vbpr
+    assert "| Video_Games | zeros |" in vbpr
     with Image.open(out / "heatmap.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
-    assert len(list((out / "feature_cache").rglob("*.npy"))) >= 48 + 12 + 5  # gt text + images, generations
+    assert len(list((out / "feature_cache").rglob("*.npy"))) >= 2 * n_items + 12 + 5  # gt text, images, generated
 
 
 def test_rerun_resumes_without_training(bench_run, capsys):
@@ -94,10 +100,10 @@ def test_rerun_resumes_without_training(bench_run, capsys):
     assert "results:" in capsys.readouterr().out
 
 
-def test_generated_features_change_freedom_graph_input(bench_run):
+def test_runs_log_has_every_condition(bench_run):
     rc, out, _ = bench_run
     rows = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
-    toy_fr = {r["condition"]: r["valid"] for r in rows if r["category"] == "Toy" and r["model"] == "FREEDOM"}
+    toy_fr = {r["condition"]: r["valid"] for r in rows if r["category"] == "Video_Games" and r["model"] == "FREEDOM"}
     assert set(toy_fr) == {"ground_truth", "tiny_vlm|text|1.0", "zeros|text|1.0"}
     assert np.isfinite([v["recall@20"] for v in toy_fr.values()]).all()
 

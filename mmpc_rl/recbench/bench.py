@@ -86,24 +86,26 @@ def validate(cfg: RecBenchConfig) -> None:
 
 
 def resolve_data_dir(cfg: RecBenchConfig) -> Path:
-    if cfg.data_dir != "sample":
-        path = Path(cfg.data_dir).expanduser()
-        if not path.is_dir():
-            raise DataError(f"data_dir {path} does not exist")
-        return path
-    try:  # the data pipeline's generated catalog, built through its own `data build` into the cache
-        from mmpc_rl.data.build import build
-        from mmpc_rl.data.sample import SAMPLE_CATEGORIES, build_sample_catalog
-    except ImportError:
-        raise DataError("data_dir=sample needs the data pipeline (mmpc_rl.data.sample); pass data_dir=FOLDER "
-                        "holding <Category>/recbench/") from None
-    from mmpc_rl.tiny import cache_root
+    """A folder of <Category>/recbench/; "sample" or a raw Amazon-2023 folder is built once through the data
+    pipeline into the same cache `load_items` uses, so CQBench and RecBench see the same sample items."""
+    from mmpc_rl.data import _built, default_cache_dir
+    from mmpc_rl.data.reader import resolve_categories
 
-    raw = build_sample_catalog(cache_root() / "sample-raw")
-    built = cache_root() / "sample-built"
-    if not all((built / c / "recbench" / "items.jsonl").is_file() for c in SAMPLE_CATEGORIES):
-        build(source=str(raw), out=str(built), progress=False)
-    return built
+    cache = default_cache_dir()
+    if cfg.data_dir == "sample":
+        from mmpc_rl.data.sample import build_sample_catalog
+
+        source = build_sample_catalog(cache / "sample-catalog")
+    else:
+        source = Path(cfg.data_dir).expanduser().resolve()
+        if not source.is_dir():
+            raise DataError(f"data_dir {source} does not exist")
+    if any(source.glob("*/recbench")):
+        return source
+    cats = resolve_categories(source, None)
+    if not cats:
+        raise DataError(f"{source} holds neither <Category>/recbench/ folders nor raw meta_<Category>.jsonl files")
+    return _built(source, cats, 42, "title", cache)
 
 
 def _conditions(cfg: RecBenchConfig, generated_keys: list[tuple[str, str]]) -> list[C.Condition]:
