@@ -118,3 +118,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["recbench", f"data_dir={tmp_path}", "grid.VBPR.lr=[1]"]) == 2
     assert "grid.VBPR.lr is not a grid key" in capsys.readouterr().err
+
+
+def test_other_training_settings_do_not_reuse_runs():
+    from mmpc_rl.recbench.bench import RecBenchConfig, _fingerprint
+
+    a, b = RecBenchConfig(), RecBenchConfig(epochs=5)
+    assert _fingerprint(a, None, None) != _fingerprint(b, None, None)
+    assert _fingerprint(a, None, None) == _fingerprint(RecBenchConfig(), None, None)

@@ -3,6 +3,7 @@ results.json and the reports. Each finished grid point is appended to `runs.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,8 +170,19 @@ def _postfix(bar):
                                                             refresh=False)
 
 
-def _key(category: str, cond: C.Condition, model: str, hyper: dict) -> str:
-    return json.dumps([category, cond.name, model, hyper], sort_keys=True)
+def _fingerprint(cfg: RecBenchConfig, text_enc, image_enc) -> str:
+    """What a finished grid point depends on besides (category, condition, model, hyper): a rerun with other
+    epochs, seed, encoders or graph settings into the same `out` trains again instead of reusing stale runs."""
+    def enc_key(enc) -> str | None:  # an encoder without a cache key (a plain callable) never matches across runs
+        return None if enc is None else (enc.cache.dir.name if enc.cache.dir else f"uncached-{id(enc)}")
+
+    parts = [asdict(cfg.train_config()), cfg.modalities, cfg.text_field, cfg.knn_k, cfg.mm_image_weight,
+             enc_key(text_enc), enc_key(image_enc)]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _key(fingerprint: str, category: str, cond: C.Condition, model: str, hyper: dict) -> str:
+    return json.dumps([fingerprint, category, cond.name, model, hyper], sort_keys=True)
 
 
 def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
@@ -200,6 +212,7 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
     runs_path = out / "runs.jsonl"
     done = {r["key"]: r for r in read_jsonl(runs_path, repair=True)}
     tcfg = cfg.train_config()
+    fingerprint = _fingerprint(cfg, text_enc, image_enc)
     selected, summaries, cond_info = [], {}, {}
     for cat in categories:
         data = load_category(data_dir, cat)
@@ -219,7 +232,7 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
                 runs = []
                 bar = tqdm(grid, desc=f"{cat} {cond.name} {model}", leave=False)
                 for hyper in bar:
-                    key = _key(cat, cond, model, hyper)
+                    key = _key(fingerprint, cat, cond, model, hyper)
                     if key not in done:
                         res = train_one(model, data, f["text"], f["image"], hyper, tcfg, device, evaluators, extra,
                                         progress=_postfix(bar))
