@@ -118,6 +118,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["recbench", f"data_dir={tmp_path}", "grid.VBPR.lr=[1]"]) == 2
     assert "grid.VBPR.lr is not a grid key" in capsys.readouterr().err
+    assert cli_main(["recbench", "epochs=abc"]) == 2
+    assert "could not be converted to Integer" in capsys.readouterr().err
+
+
+def test_single_values_for_list_options():
+    from mmpc_rl.recbench.cli import parse_config
+
+    cfg = parse_config(["generated=a.jsonl", "categories=Video_Games", "rates=[0.2,1.0]", "select_by=test"])
+    assert (cfg.generated, cfg.categories, cfg.rates, cfg.select_by) == (["a.jsonl"], ["Video_Games"], [0.2, 1.0],
+                                                                          "test")
 
 
 def test_other_training_settings_do_not_reuse_runs():

@@ -19,11 +19,18 @@ def parse_config(argv: list[str]) -> RecBenchConfig:
     recipe, overrides = parse_overrides(argv)
     if recipe is not None:
         raise ConfigError("recbench takes no recipe=; its options are listed in docs/recbench.md")
-    valid = [f.name for f in dataclasses.fields(RecBenchConfig)]
+    fields = {f.name: f for f in dataclasses.fields(RecBenchConfig)}
+    valid = list(fields)
+    fixed = []
     for item in overrides:
-        top = item.split("=", 1)[0].split(".", 1)[0]
+        key, value = item.split("=", 1)
+        top = key.split(".", 1)[0]
         if top not in valid:
             raise ConfigError(f"unknown key {top!r}" + did_you_mean(top, valid))
+        if key == top and "list" in str(fields[top].type) and value and not value.startswith("["):
+            value = f"[{value}]"  # generated=file.jsonl means a one-element list
+        fixed.append(f"{key}={value}")
+    overrides = fixed
     try:
         base = OmegaConf.structured(RecBenchConfig)
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
