@@ -1,4 +1,9 @@
-"""Picking a checkpoint to resume from: only complete ones (a kill mid-save leaves a folder without its state)."""
+"""Picking a checkpoint to resume from: only complete ones (a kill mid-save leaves a folder without its state).
+
+The HF Trainer writes a checkpoint in this order: weights, optimizer.pt + scheduler.pt, rng_state*.pth, and
+trainer_state.json last (not atomically). So a checkpoint is complete when all of these exist, are non-empty, and
+trainer_state.json parses and names the folder's own step; anything else is a folder the kill interrupted.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,28 @@ import json
 import re
 from pathlib import Path
 
-# What the HF Trainer writes for a checkpoint; trainer_state.json comes last in `_save_checkpoint`.
 REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
-def is_complete(ckpt: Path) -> bool:
-    if not all((ckpt / name).is_file() and (ckpt / name).stat().st_size > 0 for name in REQUIRED):
+def _nonempty(p: Path) -> bool:
+    return p.is_file() and p.stat().st_size > 0
+
+
+def is_complete(ckpt: str | Path) -> bool:
+    ckpt = Path(ckpt)
+    if not all(_nonempty(ckpt / name) for name in REQUIRED):
         return False
-    if not any(ckpt.glob("adapter_model.safetensors")) and not any(ckpt.glob("model*.safetensors")):
+    if not any(_nonempty(ckpt / name) for name in WEIGHTS):
+        return False
+    if not any(_nonempty(p) for p in ckpt.glob("rng_state*.pth")):
         return False
     try:
-        json.loads((ckpt / "trainer_state.json").read_text())
-    except ValueError:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except (ValueError, OSError):
         return False
-    return True
+    m = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
+    return isinstance(state, dict) and (m is None or state.get("global_step") == int(m.group(1)))
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:

@@ -69,18 +69,27 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st})."""
     from trl import GRPOTrainer
 
-    from mmpc_rl.callbacks import MetricsLogger
+    from mmpc_rl import monitoring
+    from mmpc_rl.callbacks import CompletionsTable, MetricsLogger, SafeCheckpoints
 
     task = get_task(cfg.task)
     args = build_grpo_config(cfg)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
         save_config(cfg, args.output_dir)
-    rewards = build_rewards(active_rewards(cfg), task, reward_context(cfg, models))
+    # monitoring: per-reward timings + the completions table are fed by wrapping each reward
+    monitoring.prepare_args(args, task)
+    recorder = monitoring.CompletionRecorder()
+    rewards = monitoring.instrument_rewards(build_rewards(active_rewards(cfg), task, reward_context(cfg, models)),
+                                            recorder)
     train_dataset = train_dataset if train_dataset is not None else build_dataset(cfg, task)
+    train_dataset = monitoring.drop_undecodable_images(train_dataset, args.output_dir)  # counted skip, not a crash
     model, processor = build_policy(cfg, args)
-    cbs = [MetricsLogger(args.output_dir), *(callbacks or [])]
+    cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
+           CompletionsTable(args.output_dir, recorder, every=section(cfg, "wandb").log_completions_every),
+           *(callbacks or [])]
     cqbench = cqbench_callback(cfg, task) if section(cfg, "eval").enabled else None
+    monitoring.init_wandb(cfg, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
                           processing_class=processor, peft_config=build_lora_config(cfg),
                           callbacks=cbs + ([cqbench] if cqbench else []))

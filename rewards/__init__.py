@@ -4,7 +4,8 @@ A reward module is one file in this folder with a factory decorated by `@registe
 task, a `RewardContext` and the recipe's options (`rewards.<name>.<option>`), and returns a callable with TRL's
 reward signature `(prompts, completions, completion_ids, **columns) -> list[float | None]`. Its weight is
 `rewards.<name>.weight`; it is logged as `rewards/<name>/mean|std`. Every module in this folder is imported when the
-registry is first used, so adding a reward is one file plus one recipe line.
+package is imported (they keep heavy imports inside their factories), so adding a reward is one file plus one
+recipe line.
 """
 
 from __future__ import annotations
@@ -36,50 +37,14 @@ class RewardContext:
     output_dir: str | None = None
 
 
-class _Registry(dict):
-    """Imports the reward modules on first access, so `REGISTRY` is complete whoever reads it first."""
-
-    _loaded = False
-
-    def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for mod in pkgutil.iter_modules(__path__):
-                importlib.import_module(f"{__name__}.{mod.name}")
-
-    def __contains__(self, key):
-        self._load()
-        return super().__contains__(key)
-
-    def __getitem__(self, key):
-        self._load()
-        return super().__getitem__(key)
-
-    def __iter__(self):
-        self._load()
-        return super().__iter__()
-
-    def __len__(self):
-        self._load()
-        return super().__len__()
-
-    def keys(self):
-        self._load()
-        return super().keys()
-
-    def items(self):
-        self._load()
-        return super().items()
-
-
-REGISTRY: dict[str, RewardSpec] = _Registry()
+REGISTRY: dict[str, RewardSpec] = {}
 
 
 def register(name: str, tasks: tuple[str, ...] = ()) -> Callable:
     def deco(factory: Callable) -> Callable:
-        if dict.__contains__(REGISTRY, name) and dict.__getitem__(REGISTRY, name).factory is not factory:
+        if name in REGISTRY and REGISTRY[name].factory is not factory:
             raise ValueError(f"reward {name!r} is registered twice")
-        dict.__setitem__(REGISTRY, name, RewardSpec(name, factory, tuple(tasks)))
+        REGISTRY[name] = RewardSpec(name, factory, tuple(tasks))
         return factory
 
     return deco
@@ -114,3 +79,8 @@ def build_rewards(rewards: dict[str, dict], task, context: RewardContext | None 
         opts = {k: v for k, v in (opts or {}).items() if k != "weight"}
         out.append(build_reward(name, task, context, **opts))
     return out
+
+
+# Last, so that `register` exists when each module registers itself.
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

@@ -201,7 +201,7 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
                        "eval.items_per_category=1", "eval.max_new_tokens=4", "eval.every_n_steps=1"])
     trainer = build_trainer(cfg, models={"minilm": minilm})
     cb = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CQBenchCallback))
-    assert cb.trainer is None  # unbound: it finds the trainer that runs it
+    assert cb.trainer is trainer  # build_trainer binds it, so it logs through this trainer's loggers
     trainer.train()
     assert trainer.model.training  # train mode restored after every evaluation
     logged = [h for h in trainer.state.log_history if any(k.startswith("cqbench/") for k in h)]

@@ -13,7 +13,6 @@ checkpoints, and the final adapter + processor.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -28,12 +27,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmpc_rl.training import build_trainer
 
-    if cfg.get("wandb") and "wandb" in str(cfg.trainer.get("report_to")):
-        os.environ.setdefault("WANDB_PROJECT", cfg.wandb.project)
     trainer = build_trainer(cfg)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume_point(trainer.args))
     trainer.save_model(trainer.args.output_dir)  # adapter (safetensors) + processor
+    from mmpc_rl.monitoring import finish
+
+    finish(trainer)  # reward_curves.png, no pickled training_args.bin, W&B run closed
     if trainer.is_world_process_zero():
         print(f"mmpc-rl: trained {trainer.state.global_step} steps in {time.time() - t0:.0f} s; "
               f"adapter, config.yaml and metrics.jsonl in {trainer.args.output_dir}")

@@ -1,0 +1,363 @@
+"""The GRPO speed harness behind `mmpc-rl benchmark`: two arms on the same random-weight model, prompts, group size and
+completion length; one arm with the project's settings, one with plain TRL defaults. Weights are random (nothing is
+downloaded), shapes are real, so compute and memory costs are real."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from mmpc_rl.errors import ConfigError, did_you_mean
+
+ARMS = ("project", "plain")
+SHAPES = ("real", "tiny")
+# What defines the algorithm: the plain arm takes these from the recipe and leaves everything else at TRL's defaults.
+ALGORITHM_KEYS = ("learning_rate", "loss_type", "beta", "epsilon", "epsilon_high", "delta", "scale_rewards",
+                  "temperature", "top_p", "top_k", "num_iterations", "importance_sampling_level", "seed",
+                  "mask_truncated_completions", "multi_objective_aggregation")
+
+
+@dataclass
+class BenchOptions:
+    recipe: str = "i2t"
+    steps: int = 5  # measured steps
+    warmup: int = 1  # steps run first and left out of the figures (compilation, allocator warm-up)
+    shape: str = "real"  # real: Qwen2.5-VL-7B's config with random weights (GPU); tiny: the 190k-parameter model
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    new_tokens: int = 128  # every completion is forced to this length in both arms
+    num_generations: int | None = None  # group size G; None: the recipe's
+    image_size: int = 448  # side of the square input image (448 px = 256 image tokens at the real processor)
+    rewards: str = "recipe"  # recipe: the recipe's reward functions; stub: a free length reward (no reward model)
+    compile: str = "auto"  # project arm: compiled decoding (auto: on CUDA only; inductor on CPU costs minutes)
+    cache: str = "auto"  # project arm: static | dynamic KV cache (auto: static with compile, else dynamic)
+    out: str = "outputs/benchmark"
+    seed: int = 0
+
+
+def parse_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
+    """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
+    from omegaconf import OmegaConf
+
+    from mmpc_rl.config import TOP_LEVEL
+
+    names = [f.name for f in dataclasses.fields(BenchOptions)]
+    given, overrides = {}, []
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"arguments are key=value pairs, got {arg!r} (e.g. recipe=i2t steps=5 shape=tiny)")
+        key = arg.split("=", 1)[0].lstrip("+")
+        if "." in key and key.split(".")[0] in TOP_LEVEL:
+            overrides.append(arg)
+        elif key in names:
+            given.update(OmegaConf.to_container(OmegaConf.from_dotlist([arg])))
+        else:
+            raise ConfigError(f"unknown option {key!r}" + did_you_mean(key, names) + "; recipe keys go as "
+                              "section.key=value (e.g. trainer.beta=0.0)")
+    opts = BenchOptions(**given)
+    opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
+    for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub")),
+                               ("compile", str(opts.compile).lower(), ("auto", "true", "false")),
+                               ("cache", opts.cache, ("auto", "static", "dynamic"))]:
+        if value not in valid:
+            raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(valid)}")
+    for arm in opts.arms:
+        if arm not in ARMS:
+            raise ConfigError(f"unknown arm {arm!r}" + did_you_mean(str(arm), ARMS))
+    if opts.steps < 1 or opts.warmup < 0 or opts.new_tokens < 1:
+        raise ConfigError("steps and new_tokens must be >= 1 and warmup >= 0")
+    return opts, overrides
+
+
+# ------------------------------------------------------------------------------------------------ model and data
+def qwen25_vl_7b_config(tokenizer):
+    """Qwen2.5-VL-7B-Instruct's published architecture, with this processor's special-token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    tid = tokenizer.convert_tokens_to_ids
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+                tie_word_embeddings=False, bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"),
+                pad_token_id=tid("<|endoftext|>"))
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
+                            video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
+                            vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
+
+
+def build_processor(shape: str):
+    """The tiny in-process tokenizer; for shape=real, the image processor at the real model's pixel bounds."""
+    from transformers import Qwen2VLImageProcessor
+
+    from mmpc_rl.tiny.qwen import build_processor as tiny_processor
+
+    processor = tiny_processor()
+    if shape == "real":
+        processor.image_processor = Qwen2VLImageProcessor()  # Qwen2.5-VL ships the defaults (3136..12845056 px)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def build_model(shape: str, processor, *, device: str, dtype, seed: int = 0):
+    """A random-weight policy in the requested shape, SDPA attention, on `device` in `dtype`."""
+    import torch
+
+    if shape == "tiny":
+        from mmpc_rl.tiny.qwen import build_model as tiny_model
+
+        return tiny_model(len(processor.tokenizer), seed=seed).to(device=device, dtype=dtype)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = qwen25_vl_7b_config(processor.tokenizer)
+    with torch.device(device):  # built where it runs: no 30 GB float32 copy on the host first
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.generation_config.eos_token_id = [config.text_config.eos_token_id]
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model
+
+
+def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
+    """n i2t rows with noise images of one size, so every step sees the same prompt length."""
+    import numpy as np
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(seed)
+    titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]
+    rows = {"prompt": [], "image": [], "title": [], "parent_asin": [], "category": []}
+    for i in range(n):
+        item = {"title": titles[i % 2], "parent_asin": f"B{i:09d}", "category": "Bench"}
+        rows["prompt"].append(task.messages(item))
+        rows["image"].append(PILImage.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)))
+        for k in ("title", "parent_asin", "category"):
+            rows[k].append(item[k])
+    return Dataset.from_dict(rows).cast_column("image", Image())
+
+
+def stub_reward(completion_ids, **_):
+    """Free and never constant within a group: a stand-in when no reward model is at hand."""
+    return [float(sum(ids) % 7) for ids in completion_ids]
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def reset_peak_memory(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:  # Linux: writing 5 resets this process's peak RSS (VmHWM), so each arm gets its own peak
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory_gb(device: str) -> tuple[float, str]:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        return kb / 2**20, "peak RSS (VmHWM, reset per arm)"
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS of the whole process"
+
+
+class StepTimer:
+    """Wall time of each optimizer step and of each `generate` call inside it (synchronised on CUDA)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.steps: list[float] = []
+        self.generate: list[list[tuple[float, int]]] = []  # per step: (seconds, new tokens per sequence)
+        self._t0 = 0.0
+
+    def _now(self) -> float:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer.generate.append([])
+                timer._t0 = timer._now()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.steps.append(timer._now() - timer._t0)
+
+        return _Callback()
+
+    def wrap_generate(self, model) -> None:
+        """TRL calls `generate` on the unwrapped PEFT model, which is this object: time it there."""
+        inner = model.generate
+
+        def generate(*args, **kwargs):
+            t0 = self._now()
+            out = inner(*args, **kwargs)
+            prompt_len = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+            (self.generate[-1] if self.generate else []).append((self._now() - t0, out.shape[1] - prompt_len))
+            return out
+
+        model.generate = generate
+
+    def summary(self, warmup: int, group: int) -> dict:
+        steps = self.steps[warmup:]
+        gens = [g for per_step in self.generate[warmup:] for g in per_step]
+        gen_s, tokens = sum(s for s, _ in gens), sum(t for _, t in gens)
+        return {"step_s": [round(s, 4) for s in self.steps], "s_per_step": sum(steps) / len(steps),
+                "median_s_per_step": statistics.median(steps),
+                "generate_s_per_step": gen_s / len(steps), "new_tokens_per_step": tokens / len(steps),
+                "decode_ms_per_token": 1000 * gen_s / tokens if tokens else None,
+                "decode_tokens_per_s": group * tokens / gen_s if gen_s else None}
+
+
+def environment(device: str) -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    env = {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+           "trl": trl.__version__, "peft": peft.__version__, "python": platform.python_version(),
+           "cpu_count": os.cpu_count()}
+    if hasattr(os, "getloadavg"):  # CPU figures from a shared machine mean little without it
+        env["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def release() -> None:
+    """Free the previous arm: its compiled graphs (and CUDA-graph pools) would otherwise count in the next arm's
+    peak memory."""
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------ the two arms
+def project_args(cfg, opts: BenchOptions, *, device: str, group: int, output_dir: str, reward_weights: list[float],
+                 user_keys: tuple[str, ...] = ()):
+    """The recipe's GRPOConfig plus speed options that leave the algorithm alone; a speed option the user set on the
+    command line (`user_keys`, e.g. trainer.gradient_checkpointing=true when memory is short) is left as given."""
+    from omegaconf import OmegaConf
+
+    from mmpc_rl.config import build_grpo_config, to_dict
+
+    compiled = compiled_generation(opts, device)
+    trainer = dict(to_dict(cfg.trainer))
+    # The 7B bf16 LoRA step peaked at 23 GB of 80 with checkpointing on (plain-TRL anchor): room to skip recomputing.
+    speed = {"gradient_checkpointing": False,
+             "cache_implementation": "static" if use_static_cache(opts, device) else None}
+    if compiled and trainer.get("pad_to_multiple_of", "auto") == "auto":
+        speed["pad_to_multiple_of"] = 64  # a few prompt lengths, so a few compiled graphs, when image sizes vary
+    run = {"output_dir": output_dir, "max_steps": opts.warmup + opts.steps, "num_generations": group,
+           "per_device_train_batch_size": group, "gradient_accumulation_steps": 1, "steps_per_generation": None,
+           "generation_batch_size": None, "max_completion_length": opts.new_tokens,
+           "generation_kwargs": {**(trainer.get("generation_kwargs") or {}), "min_new_tokens": opts.new_tokens},
+           "save_strategy": "no", "report_to": "none", "logging_steps": 1, "log_completions": False,
+           "resume_from_checkpoint": None, "seed": opts.seed}
+    local = cfg.copy()
+    speed = {k: v for k, v in speed.items() if f"trainer.{k}" not in user_keys}
+    local.trainer = OmegaConf.create({**trainer, **speed, **run})
+    args = build_grpo_config(local)
+    args.reward_weights = list(reward_weights)
+    return args
+
+
+def plain_args(cfg, opts: BenchOptions, *, device: str, group: int, output_dir: str, reward_weights: list[float]):
+    """TRL's defaults with the recipe's algorithm (loss, KL, clipping, lr) and the same G, T and step count."""
+    from trl import GRPOConfig
+
+    from mmpc_rl.config import to_dict
+
+    trainer = to_dict(cfg.trainer)
+    algorithm = {k: trainer[k] for k in ALGORITHM_KEYS if k in trainer}
+    return GRPOConfig(**{**algorithm, "seed": opts.seed}, output_dir=output_dir, max_steps=opts.warmup + opts.steps,
+                      num_generations=group, per_device_train_batch_size=group, max_completion_length=opts.new_tokens,
+                      generation_kwargs={"min_new_tokens": opts.new_tokens}, reward_weights=list(reward_weights),
+                      save_strategy="no", report_to="none", logging_steps=1, use_cpu=device == "cpu")
+
+
+def compiled_generation(opts: BenchOptions, device: str) -> bool:
+    return str(opts.compile).lower() == "true" or (str(opts.compile).lower() == "auto" and device == "cuda")
+
+
+def use_static_cache(opts: BenchOptions, device: str) -> bool:
+    # A static cache without compilation only adds copies; its point is the fixed shapes a compiled graph needs.
+    return opts.cache == "static" or (opts.cache == "auto" and compiled_generation(opts, device))
+
+
+def enable_compiled_generation(trainer, cpu: bool = False) -> None:
+    """Let transformers compile the decode step of a static-cache generate inside a GRPOTrainer. TRL builds its
+    GenerationConfig with disable_compile=True; with it off, transformers compiles on CUDA (CUDA graphs,
+    "reduce-overhead"). On CPU it compiles only when told to, and without CUDA graphs."""
+    trainer.generation_config.disable_compile = False
+    if cpu:
+        from transformers import CompileConfig
+
+        trainer.generation_config.compile_config = CompileConfig(mode="default")
+        trainer.generation_config.compile_config._compile_all_devices = True
+
+
+def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, reward_weights, device: str, dtype,
+            group: int, user_keys: tuple[str, ...] = ()) -> dict:
+    """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
+    from trl import GRPOTrainer
+
+    from mmpc_rl.config import build_lora_config
+
+    output_dir = os.path.join(opts.out, arm)
+    if arm == "project":
+        args = project_args(cfg, opts, device=device, group=group, output_dir=output_dir,
+                            reward_weights=reward_weights, user_keys=user_keys)
+    else:
+        args = plain_args(cfg, opts, device=device, group=group, output_dir=output_dir, reward_weights=reward_weights)
+    release()
+    reset_peak_memory(device)
+    model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
+    timer = StepTimer(device)
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
+                          processing_class=processor, peft_config=build_lora_config(cfg), callbacks=[timer.callback()])
+    compiled = arm == "project" and compiled_generation(opts, device)
+    if compiled:
+        enable_compiled_generation(trainer, cpu=device != "cuda")
+    timer.wrap_generate(trainer.model)
+    trainer.train()
+    peak, kind = peak_memory_gb(device)
+    result = timer.summary(opts.warmup, group)
+    result.update(peak_mem_gb=round(peak, 3), peak_mem_kind=kind, settings={
+        "gradient_checkpointing": bool(args.gradient_checkpointing), "bf16": bool(args.bf16),
+        "cache_implementation": args.cache_implementation, "compiled_generation": compiled,
+        "pad_to_multiple_of": args.pad_to_multiple_of, "loss_type": args.loss_type, "beta": args.beta,
+        "epsilon": args.epsilon, "epsilon_high": args.epsilon_high, "learning_rate": args.learning_rate,
+        "scale_rewards": args.scale_rewards, "temperature": args.temperature,
+        "model_dtype": str(dtype).replace("torch.", ""), "attn_implementation": model.config._attn_implementation})
+    result["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    del trainer, model
+    release()
+    return result

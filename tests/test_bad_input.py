@@ -1,0 +1,121 @@
+"""Bad input, end to end: each row of the table in docs/monitoring.md gets a one-line error (exit code 2, no
+traceback) or a counted skip, never a crash from inside a library."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from mmpc_rl.errors import run_cli
+
+
+def _cli(capsys, *argv: str) -> str:
+    from mmpc_rl.train.grpo import main
+
+    rc = run_cli(lambda: main(list(argv)))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "Traceback" not in err
+    ours = [ln for ln in err.splitlines() if ln.startswith("mmpc-rl: ")]  # libraries may warn on import
+    assert len(ours) == 1 and ours[0] == err.splitlines()[-1] and ours[0].startswith("mmpc-rl: error: ")
+    return ours[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["recipe=demo-i2"], "unknown recipe 'demo-i2' (did you mean 'demo-i2t'?)"),
+    (["recipe=demo-i2t", "trainer.max_step=3"], "unknown key trainer.max_step (did you mean 'max_steps'?)"),
+    (["recipe=demo-i2t", "rewards.minilm.weight=1"], "unknown reward 'minilm'"),
+    (["recipe=demo-i2t", "trainer.output_dir"], "arguments are key=value pairs, got 'trainer.output_dir'"),
+])
+def test_recipe_mistakes_are_one_line_errors(capsys, argv, message):
+    assert message in _cli(capsys, *argv)
+
+
+def test_missing_data_path(capsys, tmp_path):
+    err = _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "data.path=/no/such/catalog")
+    assert "data path '/no/such/catalog' does not exist" in err
+
+
+def test_hub_id_without_network(capsys, tmp_path, sample_catalog):
+    err = _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "eval.enabled=false",
+               "model.name_or_path=Qwen/Qwen2.5-VL-7B-Instruct", "data.limit_per_category=1")
+    assert err.startswith("mmpc-rl: error: no network: model 'Qwen/Qwen2.5-VL-7B-Instruct' is not in the local")
+
+
+def test_row_without_image_or_reference(monkeypatch):
+    import mmpc_rl.data
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.tasks import get_task
+    from mmpc_rl.training import build_dataset
+
+    items = [{"parent_asin": "A1", "title": "Red kite", "image": "/x.png", "category": "Toys_and_Games"},
+             {"parent_asin": "A2", "title": "", "image": "/y.png", "category": "Toys_and_Games"},
+             {"parent_asin": "A3", "title": "Blue kite", "image": None, "category": "Toys_and_Games"}]
+    monkeypatch.setattr(mmpc_rl.data, "load_items", lambda *a, **k: items)
+    with pytest.raises(DataError, match=r"2 items lack an image or a title \(e.g. \['A2', 'A3'\]\)"):
+        build_dataset(load_recipe(["recipe=demo-i2t"]), get_task("i2t"))
+
+
+def test_image_that_does_not_decode_is_a_counted_skip(tmp_path, capsys):
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.monitoring import drop_undecodable_images
+
+    good = tmp_path / "good.png"
+    PILImage.new("RGB", (4, 4), "red").save(good)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    ds = Dataset.from_dict({"image": [str(good), str(tmp_path / "bad.jpg"), str(good)], "title": ["a", "b", "c"]})
+    ds = ds.cast_column("image", Image())
+    kept = drop_undecodable_images(ds, tmp_path)
+    assert kept["title"] == ["a", "c"]
+    assert kept[0]["image"].size == (4, 4)
+    assert "skipped 1 of 3 rows whose image does not decode" in capsys.readouterr().out
+    assert json.loads((tmp_path / "skips.json").read_text())["undecodable_image"]["count"] == 1
+    with pytest.raises(DataError, match="none of the 1 images decodes"):
+        drop_undecodable_images(ds.select([1]))
+
+
+@pytest.fixture(scope="module")
+def rewards(minilm):
+    from mmpc_rl.rewards import RewardContext, build_rewards
+    from mmpc_rl.tasks import get_task
+
+    return build_rewards({"json_format": {}, "minilm_cosine": {}}, get_task("i2t"),
+                         RewardContext(models={"minilm": minilm}))
+
+
+def test_model_output_that_is_not_json_scores_zero_format_and_its_raw_text(rewards):
+    json_format, minilm_cosine = rewards
+    completions = [[{"role": "assistant", "content": "Red kite for kids"}],
+                   [{"role": "assistant", "content": '{"title": "Red kite for kids"}'}]]
+    assert json_format(completions=completions) == [0.0, 1.0]
+    sims = minilm_cosine(completions=completions, title=["Red kite for kids"] * 2)
+    assert sims == pytest.approx([1.0, 1.0], abs=1e-5)  # the raw text is scored when the JSON does not parse
+
+
+def test_empty_completion_scores_zero_without_error(rewards):
+    json_format, minilm_cosine = rewards
+    completions = [[{"role": "assistant", "content": ""}], [{"role": "assistant", "content": "   "}]]
+    assert json_format(completions=completions) == [0.0, 0.0]
+    assert minilm_cosine(completions=completions, title=["Red kite", "Blue kite"]) == [0.0, 0.0]
+
+
+def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
+    import wandb
+
+    from mmpc_rl import monitoring
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.errors import ConfigError
+
+    def no_key(**_):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    args = SimpleNamespace(report_to=["wandb"], process_index=0, output_dir=str(tmp_path), run_name=None)
+    with pytest.raises(ConfigError, match=r"^W&B: No API key configured\..*WANDB_MODE=offline"):
+        monitoring.init_wandb(load_recipe(["recipe=demo-i2t"]), args)

@@ -1,0 +1,242 @@
+"""Monitoring: reward timing + the completions recorder, the table with images (disk and W&B), curves, summary, and a
+real offline W&B run of the demo recipe whose history and files are read back."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from mmpc_rl import monitoring
+from mmpc_rl.callbacks import CompletionsTable, MetricsLogger
+from mmpc_rl.io import read_jsonl
+
+PROMPT = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (4, 4))},
+                                       {"type": "text", "text": "Name it"}]}]
+
+
+def _batch(n=2):
+    images = [Image.new("RGB", (6, 4), c) for c in ("red", "blue")][:n]
+    return dict(prompts=[PROMPT] * n, completions=[[{"role": "assistant", "content": f"c{i}"}] for i in range(n)],
+                completion_ids=[[1]] * n, image=images, title=["t0", "t1"][:n], parent_asin=["A", "B"][:n])
+
+
+def test_instrumented_reward_keeps_name_times_itself_and_records_the_batch():
+    metrics = {}
+
+    def lengthy(completions, **_):
+        return [float(len(c[0]["content"])) for c in completions]
+
+    lengthy.__name__ = "lengthy"
+
+    def render(completions, **_):
+        monitoring.log_images("render", [[Image.new("RGB", (2, 2))] * 2 for _ in completions])
+        return [0.5, None]
+
+    render.__name__ = "render_sim"
+    rec = monitoring.CompletionRecorder()
+    wrapped = monitoring.instrument_rewards([lengthy, render], rec)
+    assert [w.__name__ for w in wrapped] == ["lengthy", "render_sim"]
+    batch = _batch()
+    kw = dict(batch, trainer_state=SimpleNamespace(global_step=3), log_metric=metrics.__setitem__, log_extra=None)
+    assert wrapped[0](**kw) == [2.0, 2.0]
+    assert wrapped[1](**kw) == [0.5, None]
+    assert sorted(metrics) == ["timing/reward/lengthy", "timing/reward/render_sim"]
+    assert all(0 <= v < 1 for v in metrics.values())
+    b = rec.batch
+    assert b["step"] == 3
+    assert b["prompt"] == ["<image> Name it"] * 2 and b["completion"] == ["c0", "c1"]
+    assert b["rewards"] == {"lengthy": [2.0, 2.0], "render_sim": [0.5, None]}
+    assert b["columns"] == {"title": ["t0", "t1"], "parent_asin": ["A", "B"]}
+    assert sorted(b["images"]) == ["image", "render"]
+
+
+def test_trl_table_crashes_on_image_prompts_and_ours_does_not(tmp_path):
+    """The TRL 1.16 W&B crash (gotcha 5), reproduced with TRL's own row building, then our table for the same batch."""
+    import pandas as pd
+    import wandb
+    from trl.trainer.utils import strip_images_from_messages
+
+    batch = _batch()
+    trl_rows = pd.DataFrame({"step": [1, 1], "prompt": [strip_images_from_messages(p) for p in batch["prompts"]],
+                             "completion": [strip_images_from_messages(c) for c in batch["completions"]],
+                             "r": [0.1, 0.2]})
+    with pytest.raises(TypeError, match="incompatible types"):
+        wandb.Table(dataframe=trl_rows)
+
+    rec = monitoring.CompletionRecorder()
+    (reward,) = monitoring.instrument_rewards([lambda completions, **_: [0.25, 0.75]], rec)
+    reward(**batch)
+    table = CompletionsTable(tmp_path, rec, every=1)
+    columns, rows = table.rows(step=1)
+    assert columns == ["step", "prompt", "completion", "<lambda>", "parent_asin", "title", "image"]
+    wt = wandb.Table(columns=columns, data=[[*r[:-1], wandb.Image(r[-1][0])] for r in rows])
+    assert len(wt.data) == 2
+    table.write(1, columns, rows)
+    lines = list(read_jsonl(tmp_path / "completions" / "step_00001.jsonl"))
+    assert [ln["<lambda>"] for ln in lines] == [0.25, 0.75]
+    assert lines[1]["image"] == ["images/step_00001_r01_image_0.png"]
+    assert Image.open(tmp_path / "completions" / lines[1]["image"][0]).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_prepare_args_turns_off_trls_table_only_where_it_crashes():
+    from mmpc_rl.tasks import get_task
+
+    args = SimpleNamespace(log_completions=True, report_to=["wandb"])
+    monitoring.prepare_args(args, get_task("t2i"))
+    assert args.log_completions is True  # text prompts: TRL's table works
+    monitoring.prepare_args(args, get_task("i2t"))
+    assert args.log_completions is False
+    args = SimpleNamespace(log_completions=True, report_to="none")
+    monitoring.prepare_args(args, get_task("i2t"))
+    assert args.log_completions is True
+
+
+def _state(step, max_steps=4):
+    return SimpleNamespace(global_step=step, epoch=step / 4, is_world_process_zero=True, max_steps=max_steps)
+
+
+def test_metrics_logger_drops_replayed_steps_on_resume_and_plots(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    ml = MetricsLogger(tmp_path)
+    ml.on_train_begin(None, _state(0), None)
+    for s in (1, 2, 3):
+        ml.on_log(None, _state(s), None, logs={"reward": s / 10, "rewards/a/mean": s, "rewards/a/std": 0.0,
+                                                 "kl": 0.01 * s, "step_time": 1.5, "timing/reward/a": 0.2})
+    with open(log, "a") as f:
+        f.write('{"step": 4, "rew')  # torn by the kill
+    ml.on_train_begin(None, _state(2), None)  # resumed from checkpoint-2: step 3 will be logged again
+    ml.on_log(None, _state(3), None, logs={"reward": 0.9, "cqbench/after/bertscore": 0.5})
+    recs = list(read_jsonl(log))
+    assert [(r["step"], r["reward"]) for r in recs] == [(1, 0.1), (2, 0.2), (3, 0.9)]
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"cqbench/after/bertscore": 0.5}
+    png = monitoring.plot_curves(tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert monitoring.plot_curves(tmp_path / "nothing") is None
+
+
+def test_curves_cli_one_line_errors(tmp_path):
+    from mmpc_rl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valid keys: out"):
+        monitoring.main([f"dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="no training records"):
+        monitoring.main([f"out={tmp_path}"])
+
+
+# ------------------------------------------------------------------------------ a real offline W&B run of demo-i2t
+def read_wandb_records(path: Path):
+    """Records of an offline run's .wandb file (LevelDB-log framing of wandb_internal_pb2.Record protobufs)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf, out = path.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf + chunk)
+            out.append(rec)
+            buf = b""
+        elif kind in (2, 3):
+            buf += chunk
+    return out
+
+
+SECRETS = {"WANDB_API_KEY": "wb-secret-7f3a9c1e5d2b8f4a6c0e9d7b3a1f5c8e2d4b6a9c", "HF_TOKEN": "hf_TopSecretToken4242"}
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory, tiny_qwen, minilm, monkeypatch_module):
+    from mmpc_rl.train.grpo import main
+
+    for k, v in {"WANDB_MODE": "offline", **SECRETS}.items():
+        monkeypatch_module.setenv(k, v)
+    out = tmp_path_factory.mktemp("wandb-run")
+    rc = main(["recipe=demo-i2t", f"trainer.output_dir={out}", "trainer.report_to=[wandb]", "eval.enabled=false",
+               "trainer.max_steps=2", "trainer.per_device_train_batch_size=2", "trainer.num_generations=2",
+               "trainer.max_completion_length=6", "trainer.save_steps=1", "trainer.log_completions=true",
+               "data.limit_per_category=2", "wandb.project=mmpc-test", "wandb.name=offline-demo",
+               "wandb.log_completions_every=1"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_offline_wandb_run_holds_curves_config_and_table_with_images(offline_run):
+    (run_dir,) = (offline_run / "wandb").glob("offline-run-*")
+    recs = read_wandb_records(next(run_dir.glob("run-*.wandb")))
+    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    assert (run.project, run.display_name, sorted(run.tags)) == ("mmpc-test", "offline-demo", ["demo", "i2t"])
+    config = {u.key: u.value_json for u in run.config.update}  # wandb.init(config=...) travels with the run record
+    assert json.loads(config["recipe"])["trainer"]["max_steps"] == 2
+    history = [{i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+               for r in recs if r.WhichOneof("record_type") == "history"]
+    keys = set().union(*history)
+    for k in ("reward", "reward_std", "rewards/json_format/mean", "rewards/json_format/std",
+              "rewards/minilm_cosine/mean", "rewards/minilm_cosine/std", "kl", "completions/mean_length",
+              "frac_reward_zero_std", "step_time", "timing/reward/json_format", "timing/reward/minilm_cosine"):
+        assert f"train/{k}" in keys, k
+    steps = sorted({int(h["train/global_step"]) for h in history if "train/rewards/json_format/mean" in h})
+    assert steps == [1, 2]
+    assert sum("completions_table/_type" in h for h in history) == 2
+    files = run_dir / "files"
+    table = list(read_jsonl(files / "completions" / "step_00002.jsonl"))
+    assert len(table) == 2  # one prompt x 2 generations per step
+    assert {"prompt", "completion", "json_format", "minilm_cosine", "title", "image"} <= set(table[0])
+    for row in table:
+        assert Image.open(files / "completions" / row["image"][0]).size[0] > 0
+    assert len(list((files / "media" / "table").glob("completions_table_*.table.json"))) == 2
+
+
+def test_offline_run_leaves_curves_logs_and_no_secrets_or_pickles(offline_run):
+    recs = list(read_jsonl(offline_run / "metrics.jsonl"))
+    assert [r["step"] for r in recs if "reward" in r] == [1, 2]
+    assert (offline_run / "reward_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(offline_run.rglob("*.bin")) and not list(offline_run.rglob("pytorch_model*"))
+    assert (offline_run / "adapter_model.safetensors").is_file()
+    leaked = []
+    for f in offline_run.rglob("*"):
+        if f.is_file():
+            blob = f.read_bytes()
+            leaked += [f"{f.name}:{k}" for k, v in SECRETS.items() if v.encode() in blob]
+    assert leaked == []
+
+
+def test_text_to_image_renders_become_an_image_column(tmp_path):
+    """A reward that keeps its last renders (sd35_clip: `last = {"renders", "job_of"}`) fills a `render` column."""
+    import torch
+
+    class Renderer:
+        __name__ = "sd35_clip"
+
+        def __call__(self, completions, **_):
+            red = torch.zeros(3, 2, 2)
+            red[0] = 1.0
+            self.last = {"renders": [red, torch.ones(3, 2, 2)], "job_of": [[0, 1], []]}
+            return [0.3, None]
+
+    rec = monitoring.CompletionRecorder()
+    (reward,) = monitoring.instrument_rewards([Renderer()], rec)
+    reward(prompts=[[{"role": "user", "content": "p"}]] * 2, completions=["a", "b"], text=["d0", "d1"])
+    table = CompletionsTable(tmp_path, rec, every=1)
+    columns, rows = table.rows(step=5)
+    assert columns == ["step", "prompt", "completion", "sd35_clip", "text", "render"]
+    assert [len(r[-1]) for r in rows] == [2, 0]
+    table.write(5, columns, rows)
+    first = next(read_jsonl(tmp_path / "completions" / "step_00005.jsonl"))
+    assert first["render"] == ["images/step_00005_r00_render_0.png", "images/step_00005_r00_render_1.png"]
+    assert Image.open(tmp_path / "completions" / first["render"][0]).getpixel((0, 0)) == (255, 0, 0)

@@ -1,0 +1,156 @@
+"""Resume: only complete checkpoints are picked; a run killed with SIGKILL resumes where its checkpoint left it,
+with optimizer, scheduler, RNG and sampler restored, compared step by step with an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmpc_rl.io import read_jsonl
+from mmpc_rl.resume import is_complete, last_complete_checkpoint
+
+
+def _checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:
+    d = root / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
+        if name not in skip:
+            (d / name).write_bytes(b"x")
+    if "trainer_state.json" not in skip:
+        (d / "trainer_state.json").write_text(state if state is not None else json.dumps({"global_step": step}))
+    return d
+
+
+def test_half_written_checkpoints_are_never_picked(tmp_path):
+    assert last_complete_checkpoint(tmp_path) is None
+    good = _checkpoint(tmp_path, 4)
+    _checkpoint(tmp_path, 6, skip=("trainer_state.json",))  # killed before the state was written
+    _checkpoint(tmp_path, 8, state='{"global_step": 8, "log_hist')  # killed mid-write of the state
+    _checkpoint(tmp_path, 10, skip=("rng_state.pth",))
+    _checkpoint(tmp_path, 12, skip=("adapter_model.safetensors",))
+    _checkpoint(tmp_path, 14, state=json.dumps({"global_step": 2}))  # a folder that is not what its name says
+    (tmp_path / "checkpoint-16").write_text("not a folder")
+    (tmp_path / "checkpoint-last").mkdir()
+    assert [is_complete(tmp_path / f"checkpoint-{s}") for s in (4, 6, 8, 10, 12, 14)] == [True] + [False] * 5
+    assert last_complete_checkpoint(tmp_path) == str(good)
+    (good / "optimizer.pt").write_bytes(b"")  # empty file: the kill came while it was being written
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+TRACE_SCRIPT = r'''
+import json, os, sys
+from mmpc_rl.rewards import register
+from mmpc_rl.tasks import completion_text
+
+@register("trace")
+def trace(task, context=None):
+    """Records what each step trained on; scores completion length so advantages are never all zero."""
+    def reward(completions, parent_asin, trainer_state, **_):
+        texts = [completion_text(c) for c in completions]
+        with open(os.environ["TRACE"], "a") as f:
+            f.write(json.dumps({"step": trainer_state.global_step, "asins": parent_asin, "texts": texts}) + "\n")
+        return [len(t) / 10 for t in texts]
+    return reward
+
+from mmpc_rl.errors import run_cli
+from mmpc_rl.train.grpo import main
+sys.exit(run_cli(lambda: main(sys.argv[1:])))
+'''
+
+ARGS = ["recipe=demo-i2t", "eval.enabled=false", "rewards.minilm_cosine=null", "rewards.trace.weight=1.0",
+        "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=2",
+        "trainer.num_generations=2", "trainer.max_completion_length=4", "trainer.logging_steps=1",
+        "data.limit_per_category=2", "trainer.report_to=none"]
+
+
+def _launch(script: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TRACE": str(out / "trace.jsonl"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, str(script), *ARGS, f"trainer.output_dir={out}", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _trace(out: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_jsonl(out / "trace.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_qwen, sample_catalog):
+    root = tmp_path_factory.mktemp("resume")
+    script = root / "train_traced.py"
+    script.write_text(TRACE_SCRIPT)
+    ref, killed = root / "ref", root / "killed"
+    ref_proc = _launch(script, ref)  # the uninterrupted run, side by side with the one we kill
+    proc = _launch(script, killed)
+    deadline = time.time() + 240
+    while not is_complete(killed / "checkpoint-2"):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint-2 within 240 s"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_trace = _trace(killed)
+    # a checkpoint the kill interrupted, ahead of the good one: must be ignored
+    half = killed / "checkpoint-3"
+    if not half.exists():
+        shutil.copytree(killed / "checkpoint-2", half)
+        (half / "trainer_state.json").unlink()
+    resumed = subprocess.run([sys.executable, str(script), *ARGS, f"trainer.output_dir={killed}",
+                              "trainer.resume_from_checkpoint=auto"],
+                             env={**os.environ, "TRACE": str(killed / "trace_resumed.jsonl")},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    ref_out = ref_proc.communicate(timeout=300)[0]
+    assert ref_proc.returncode == 0, ref_out[-3000:]
+    return {"ref": ref, "killed": killed, "killed_trace": killed_trace,
+            "resumed_trace": {r["step"]: r for r in read_jsonl(killed / "trace_resumed.jsonl")}}
+
+
+def test_resume_continues_the_step_count_and_the_sampler(runs):
+    ref_trace = _trace(runs["ref"])
+    assert sorted(ref_trace) == [0, 1, 2, 3]  # global_step seen by the reward at steps 1..4
+    assert sorted(runs["resumed_trace"]) == [2, 3]  # resumed from checkpoint-2, not from 0 (and not checkpoint-3)
+    for step in (0, 1):
+        assert runs["killed_trace"][step]["asins"] == ref_trace[step]["asins"]
+    for step in (2, 3):  # the same items as the uninterrupted run: nothing replayed, nothing skipped
+        assert runs["resumed_trace"][step]["asins"] == ref_trace[step]["asins"]
+    seen = [a for s in (0, 1) for a in runs["killed_trace"][s]["asins"][::2]]
+    seen += [a for s in (2, 3) for a in runs["resumed_trace"][s]["asins"][::2]]
+    assert len(set(seen)) == 4  # four distinct prompts in four steps
+
+
+def test_resume_restores_rng_optimizer_and_scheduler(runs):
+    import torch
+    from safetensors.torch import load_file
+
+    ref_trace = _trace(runs["ref"])
+    for step in (2, 3):  # sampled completions depend on the RNG state and on the weights
+        assert runs["resumed_trace"][step]["texts"] == ref_trace[step]["texts"]
+    ref_m = [r for r in read_jsonl(runs["ref"] / "metrics.jsonl") if "loss" in r]
+    res_m = [r for r in read_jsonl(runs["killed"] / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in res_m] == [1, 2, 3, 4]  # every step logged exactly once
+    assert [r["learning_rate"] for r in res_m] == pytest.approx([r["learning_rate"] for r in ref_m])
+    assert [r["reward"] for r in res_m] == pytest.approx([r["reward"] for r in ref_m])
+    a = load_file(runs["ref"] / "adapter_model.safetensors")
+    b = load_file(runs["killed"] / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    opt = torch.load(runs["killed"] / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in opt["state"].values()} == {4}  # Adam moments continued, not restarted
+    state = json.loads((runs["killed"] / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_resumed_run_leaves_a_complete_final_adapter_and_no_pickled_args(runs):
+    out = runs["killed"]
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    assert (out / "training_args.json").is_file() and not list(out.rglob("training_args.bin"))
+    assert (out / "reward_curves.png").is_file()
