@@ -8,11 +8,13 @@ epochs (a run always takes at least 21).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from mmpc_rl.config import parse_overrides
@@ -56,8 +58,6 @@ def measure(opts: dict) -> dict:
             model.pre_epoch()
             pairs = data.train[torch.randperm(len(data.train)).numpy()]
             if sampler is not None:
-                import numpy as np
-
                 pairs = np.column_stack([pairs, sampler.sample(pairs[:, 0])])
             for batch in torch.as_tensor(pairs, device=device).split(cfg.batch_size):
                 loss = model.loss(batch)
@@ -71,7 +71,7 @@ def measure(opts: dict) -> dict:
         _sync(device)
         eval_sec = time.perf_counter() - t0
         per_epoch = sum(epoch_secs) / len(epoch_secs)
-        n_grid = len(list(__import__("itertools").product(*GRIDS[name].values())))
+        n_grid = len(list(itertools.product(*GRIDS[name].values())))
         est = n_grid * int(opts["est_epochs"]) * (per_epoch + eval_sec)
         report["models"][name] = {"build_sec": round(build, 3), "sec_per_epoch": round(per_epoch, 3),
                                   "sec_per_eval": round(eval_sec, 3), "grid_points": n_grid,
