@@ -1,0 +1,54 @@
+"""`mmpc-rl recbench [key=value ...]`: see docs/recbench.md. Every key of RecBenchConfig is an option."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmpc_rl.config import parse_overrides
+from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.recbench.bench import RecBenchConfig, run
+
+USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbench_results.jsonl,...]] "
+         "[models=[VBPR,BM3,FREEDOM]] [rates=[1.0]] [select_by=valid|test] [key=value ...]")
+
+
+def parse_config(argv: list[str]) -> RecBenchConfig:
+    recipe, overrides = parse_overrides(argv)
+    if recipe is not None:
+        raise ConfigError("recbench takes no recipe=; its options are listed in docs/recbench.md")
+    fields = {f.name: f for f in dataclasses.fields(RecBenchConfig)}
+    valid = list(fields)
+    fixed = []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        top = key.split(".", 1)[0]
+        if top not in valid:
+            raise ConfigError(f"unknown key {top!r}" + did_you_mean(top, valid))
+        if key == top and "list" in str(fields[top].type) and value and not value.startswith("["):
+            value = f"[{value}]"  # generated=file.jsonl means a one-element list
+        fixed.append(f"{key}={value}")
+    overrides = fixed
+    try:
+        base = OmegaConf.structured(RecBenchConfig)
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+        opts = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
+    return RecBenchConfig(**opts)
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cfg = parse_config(argv)
+    results = run(cfg)
+    t6 = results["table6"]
+    for task, t in t6.items():
+        diff = t["rel_diff_best"]["recall@20"]
+        print(f"{task}: ground truth Recall@20 {t['ground_truth']['recall@20']:.4f}, best completion {diff:+.2%}")
+    print(f"results: {cfg.out}/results.json; tables: {cfg.out}/tables/; heatmap: {cfg.out}/heatmap.png")
+    return 0

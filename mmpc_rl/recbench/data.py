@@ -1,0 +1,137 @@
+"""One category's RecBench folder, read the way MMRec reads it.
+
+`<data_dir>/<Category>/recbench/` holds `<category_lower>.inter` (TSV: userID, itemID, rating, timestamp, x_label;
+0-based ids; x_label 0/1/2 = train/valid/test), `u_id_mapping.csv`, `i_id_mapping.csv` and `items.jsonl`.
+Only userID, itemID and x_label are used; n_users / n_items are max id + 1 over all splits; valid/test rows of users
+with no training row are dropped (MMRec's `filter_out_cod_start_users`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmpc_rl.errors import DataError
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+
+
+@dataclass
+class RecData:
+    name: str
+    n_users: int
+    n_items: int
+    train: np.ndarray  # [E, 2] (user, item) int64
+    valid: np.ndarray
+    test: np.ndarray
+    items: list[dict] = field(default_factory=list)  # items.jsonl records, row i = itemID i
+    dropped_cold: int = 0
+
+    @property
+    def train_items(self) -> np.ndarray:
+        """Items that occur in the training split: MMRec draws negatives from these only."""
+        return np.unique(self.train[:, 1])
+
+    def csr(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices) of a pair array grouped by user, items sorted within a user."""
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+        users, items = pairs[order, 0], pairs[order, 1]
+        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.add.at(indptr, users + 1, 1)
+        return np.cumsum(indptr), items.astype(np.int64)
+
+    def summary(self) -> dict:
+        return {"users": self.n_users, "items": self.n_items, "train": len(self.train), "valid": len(self.valid),
+                "test": len(self.test), "dropped_cold_start_rows": self.dropped_cold}
+
+
+def category_dir(data_dir: str | Path, category: str) -> Path:
+    return Path(data_dir) / category / "recbench"
+
+
+def list_categories(data_dir: str | Path) -> list[str]:
+    return sorted(p.parent.name for p in Path(data_dir).glob("*/recbench") if p.is_dir())
+
+
+def read_inter(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs [N, 2], labels [N]) from a `.inter` TSV; a malformed row is a one-line DataError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"interaction file {path} does not exist")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None) or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})")
+        cols = [header.index(c) for c in REQUIRED_COLUMNS]
+        rows = []
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                rows.append([int(row[c]) for c in cols])
+            except (ValueError, IndexError):
+                raise DataError(f"{path}:{lineno}: expected integer userID, itemID, x_label; got {row!r}") from None
+    if not rows:
+        raise DataError(f"{path} has no interactions")
+    arr = np.asarray(rows, dtype=np.int64)
+    if (arr[:, :2] < 0).any():
+        raise DataError(f"{path}: ids must be 0-based non-negative integers")
+    if not np.isin(arr[:, 2], (0, 1, 2)).all():
+        raise DataError(f"{path}: x_label must be 0 (train), 1 (valid) or 2 (test)")
+    return arr[:, :2], arr[:, 2]
+
+
+def read_items(path: str | Path, n_items: int) -> list[dict]:
+    """items.jsonl, one record per itemID in order; a gap or a wrong order is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"item file {path} does not exist")
+    items: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: not valid JSON") from None
+            if rec.get("itemID") != len(items):
+                raise DataError(f"{path}:{lineno}: expected itemID {len(items)}, got {rec.get('itemID')!r}")
+            items.append(rec)
+    if len(items) < n_items:
+        raise DataError(f"{path} lists {len(items)} items but the interactions use {n_items}")
+    return items
+
+
+def load_category(data_dir: str | Path, category: str) -> RecData:
+    folder = category_dir(data_dir, category)
+    if not folder.is_dir():
+        raise DataError(f"no RecBench folder {folder} (build it with `mmpc-rl data build`)")
+    inter = folder / f"{category.lower()}.inter"
+    if not inter.is_file():
+        found = sorted(p.name for p in folder.glob("*.inter"))
+        if len(found) != 1:
+            raise DataError(f"{folder} has no {inter.name}")
+        inter = folder / found[0]
+    pairs, labels = read_inter(inter)
+    n_users, n_items = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    train = pairs[labels == 0]
+    if len(train) == 0:
+        raise DataError(f"{inter} has no training rows (x_label 0)")
+    has_train = np.zeros(n_users, dtype=bool)
+    has_train[train[:, 0]] = True
+    splits, dropped = [], 0
+    for label in (1, 2):
+        rows = pairs[labels == label]
+        warm = has_train[rows[:, 0]]
+        dropped += int((~warm).sum())
+        splits.append(rows[warm])
+    # MMRec sizes the item table from the interactions; extra item records (no interaction at all) are ignored.
+    items = read_items(folder / "items.jsonl", n_items)[:n_items]
+    return RecData(category, n_users, n_items, train, splits[0], splits[1], items, dropped)
