@@ -10,7 +10,7 @@ from pathlib import Path
 from mmpc_rl.errors import DataError
 
 SPLITS = ("train", "cqbench")
-__all__ = ["SPLITS", "default_cache_dir", "load_items", "read_built"]
+__all__ = ["SPLITS", "build_cached", "default_cache_dir", "load_items", "read_built"]
 
 
 def default_cache_dir() -> Path:
@@ -62,7 +62,7 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
         cats = resolve_categories(source, categories)
         if not cats:
             raise DataError(f"no meta_<Category>.jsonl[.gz] files and no summary.json in {source}")
-        items = read_built(_built(source, cats, seed, text_field, cache), split, cats)
+        items = read_built(build_cached(source, cats, seed, text_field, cache), split, cats)
     if limit_per_category is not None:
         kept, counts = [], dict.fromkeys((i["category"] for i in items), 0)
         for item in items:
@@ -73,7 +73,7 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     return items
 
 
-def _built(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
+def build_cached(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
     """Build a raw folder once per (source, categories, seed, text field); later calls reuse the output."""
     from mmpc_rl.data.build import build
 

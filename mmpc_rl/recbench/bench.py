@@ -89,7 +89,7 @@ def validate(cfg: RecBenchConfig) -> None:
 def resolve_data_dir(cfg: RecBenchConfig) -> Path:
     """A folder of <Category>/recbench/; "sample" or a raw Amazon-2023 folder is built once through the data
     pipeline into the same cache `load_items` uses, so CQBench and RecBench see the same sample items."""
-    from mmpc_rl.data import _built, default_cache_dir
+    from mmpc_rl.data import build_cached, default_cache_dir
     from mmpc_rl.data.reader import resolve_categories
 
     cache = default_cache_dir()
@@ -106,7 +106,7 @@ def resolve_data_dir(cfg: RecBenchConfig) -> Path:
     cats = resolve_categories(source, None)
     if not cats:
         raise DataError(f"{source} holds neither <Category>/recbench/ folders nor raw meta_<Category>.jsonl files")
-    return _built(source, cats, 42, "title", cache)
+    return build_cached(source, cats, 42, "title", cache)
 
 
 def _conditions(cfg: RecBenchConfig, generated_keys: list[tuple[str, str]]) -> list[C.Condition]:
