@@ -141,3 +141,24 @@ def test_qlora_loads_the_policy_4bit_nf4_and_trains_a_step(tmp_path, tiny_qwen):
                  "trainer.max_steps=1", "trainer.num_generations=4", "trainer.per_device_train_batch_size=4",
                  "rewards.minilm_cosine=null", *FAST]) == 0
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_the_demo_policy_answers_held_out_items_in_json():
+    """The demo starts from tiny://qwen2.5-vl-sft so that its format reward and CQBench numbers can move."""
+    from PIL import Image
+
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.data import load_items
+    from mmpc_rl.models import load_policy
+    from mmpc_rl.tasks import get_task
+
+    model, proc = load_policy(ModelConfig(name_or_path="tiny://qwen2.5-vl-sft", dtype="float32"), cpu=True)
+    task = get_task("i2t")
+    statuses = []
+    for item in load_items("sample", split="cqbench", limit_per_category=2):
+        text = proc.apply_chat_template(task.messages(item), add_generation_prompt=True, tokenize=False)
+        enc = proc(text=[text], images=[Image.open(item["image"]).convert("RGB")], return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=40, do_sample=False)
+        statuses.append(task.parse(proc.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                     skip_special_tokens=True)[0]).status)
+    assert statuses.count("ok") >= 5, statuses

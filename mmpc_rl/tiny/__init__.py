@@ -15,6 +15,7 @@ from mmpc_rl.errors import ConfigError, did_you_mean
 # name -> "module:function"; the function takes an output folder and writes the model there.
 BUILDERS = {
     "qwen2.5-vl": "mmpc_rl.tiny.qwen:build",
+    "qwen2.5-vl-sft": "mmpc_rl.tiny.qwen_sft:build",  # the demo's policy: already answers in JSON
     "sd3": "mmpc_rl.tiny.sd3:build",
     "clip": "mmpc_rl.tiny.clip:build",
 }
