@@ -46,3 +46,15 @@ def sample_catalog(_session_cache):
     from mmpc_rl.data.sample import build_sample_catalog
 
     return build_sample_catalog(_session_cache / "sample-catalog")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are dominated by thread hand-off: when the 2-core box is busy, OpenMP spin-waits made them up to
+    ~100x slower with two torch threads than with one."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -18,13 +18,7 @@ TINY = "tiny://qwen2.5-vl"
 ARGS = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=6", "dtype=float32", "progress=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a loaded 2-core box OpenMP's spin-waits make tiny matmuls ~100x slower with 2 threads than with 1.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from mmpc_rl.recbench.models import BM3, FREEDOM, GRIDS, MODELS, VBPR
 from mmpc_rl.recbench.synthetic import make_category, random_features
 from mmpc_rl.recbench.trainer import NegativeSampler, TrainConfig, make_evaluators, select_best, train_one
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny sparse/dense ops are dominated by thread hand-off; on a shared 2-core box 1 thread is ~5x faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
