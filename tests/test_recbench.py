@@ -225,3 +225,20 @@ def test_read_generated_cqbench_layouts(tmp_path):
                                                                                     "Parsed Title"}}
     with pytest.raises(DataError, match="does not exist"):
         C.read_generated(tmp_path / "nope.jsonl")
+
+
+def test_table6_never_counts_a_baseline_as_the_best_completion():
+    from mmpc_rl.recbench.report import table6, table6_markdown
+
+    def row(task_missing, method, r20):
+        test = {f"{m}@{k}": r20 for m in ("recall", "ndcg") for k in (5, 10, 20, 50)}
+        return {"category": "C", "model": "VBPR", "method": method, "missing": task_missing, "rate": 1.0,
+                "test": test}
+
+    results = [row("none", "ground_truth", 0.5), row("text", "gen_model", 0.4), row("text", "zeros", 0.45),
+               row("image", "zeros", 0.6)]  # image side: only a baseline, which beats ground truth
+    t6 = table6(results)
+    assert t6["i2t"]["rel_diff_best"]["recall@20"] == pytest.approx(-0.2)  # gen_model 0.4, not zeros 0.45
+    assert t6["t2i"]["rel_diff_best"] is None and t6["t2i"]["completions"] == []
+    md = table6_markdown(t6)
+    assert "| t2i | Rel. Diff. best (vs. GT) | n/a (no completion)" in md

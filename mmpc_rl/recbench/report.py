@@ -92,13 +92,15 @@ def table6(results: list[dict]) -> dict:
             vals = [r["test"] for r in recs if method_label(r) == m and (r["category"], r["model"]) in pairs]
             rows[m] = {c: float(np.mean([v[c] for v in vals])) for c in TABLE6_COLUMNS}
         gt_row = {c: float(np.mean([gt[p][c] for p in pairs])) for c in TABLE6_COLUMNS}
-        completions = [m for m in methods if m.split(" (")[0] not in ("zeros", "random")] or methods
-        best = {c: max(rows[m][c] for m in completions) for c in TABLE6_COLUMNS}
-        mean = {c: float(np.mean([rows[m][c] for m in completions])) for c in TABLE6_COLUMNS}
-
+        # zeros/random are baselines, never "the best completion": a task with none generated gets no Rel. Diff.
+        completions = [m for m in methods if m.split(" (")[0] not in ("zeros", "random")]
+        rel_best = rel_mean = None
+        if completions:
+            best = {c: max(rows[m][c] for m in completions) for c in TABLE6_COLUMNS}
+            mean = {c: float(np.mean([rows[m][c] for m in completions])) for c in TABLE6_COLUMNS}
+            rel_best, rel_mean = _rel(best, gt_row), _rel(mean, gt_row)
         out[task] = {"pairs": [list(p) for p in pairs], "ground_truth": gt_row, "methods": rows,
-                     "rel_diff_best": _rel(best, gt_row), "rel_diff_mean": _rel(mean, gt_row),
-                     "completions": completions}
+                     "rel_diff_best": rel_best, "rel_diff_mean": rel_mean, "completions": completions}
     return out
 
 
@@ -109,8 +111,10 @@ def table6_markdown(t6: dict) -> str:
         rows.append([task, "Ground Truth"] + [f"{t['ground_truth'][c]:.4f}" for c in TABLE6_COLUMNS])
         for m, vals in t["methods"].items():
             rows.append([task, m] + [f"{vals[c]:.4f}" for c in TABLE6_COLUMNS])
-        rows.append([task, "Rel. Diff. best (vs. GT)"] + [f"{t['rel_diff_best'][c]:+.2%}" for c in TABLE6_COLUMNS])
-        rows.append([task, "Rel. Diff. mean (vs. GT)"] + [f"{t['rel_diff_mean'][c]:+.2%}" for c in TABLE6_COLUMNS])
+        for label, key in (("best", "rel_diff_best"), ("mean", "rel_diff_mean")):
+            na = ["n/a (no completion)"] * len(TABLE6_COLUMNS)
+            cells = [f"{t[key][c]:+.2%}" for c in TABLE6_COLUMNS] if t[key] else na
+            rows.append([task, f"Rel. Diff. {label} (vs. GT)"] + cells)
     return ("# Table 6: averaged over categories and recommenders\n\n"
             "Rel. Diff. best = best completion vs ground truth (the paper's row); mean = mean completion. "
             "zeros/random baselines are listed but not counted as completions.\n\n" + _md(header, rows))
