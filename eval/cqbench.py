@@ -135,7 +135,18 @@ def load_model(cfg: CQBenchConfig, name: str):
 
     mc = ModelConfig(name_or_path=name, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                      qlora=cfg.qlora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    return load_policy(mc)
+    return load_policy(mc, device_map=eval_device_map())
+
+
+def eval_device_map() -> dict | None:
+    """The whole model on this process's GPU (cuda:<local_rank> under accelerate/torchrun); None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().device}
 
 
 def run(cfg: CQBenchConfig) -> dict:

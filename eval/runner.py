@@ -45,9 +45,15 @@ def item_seed(item: dict, seed: int) -> int:
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist
 
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        # launched by accelerate/torchrun outside a Trainer: without a process group the barrier below is a no-op
+        # and rank 0 would merge before the other ranks finish writing
+        from accelerate import PartialState
+
+        PartialState()  # gloo on CPU, nccl on GPU; also selects cuda:<local_rank> as this process's device
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return 0, 1
 
 
 def _barrier() -> None:

@@ -272,3 +272,40 @@ def test_sharded_processes_split_items_and_rank0_merges(tmp_path, monkeypatch, f
     assert sorted(r["key"] for r in read_jsonl(path)) == sorted(runner.item_key(it) for it in items)
     frozen = {r["key"]: r["completion"] for r in read_jsonl(first_run[0] / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
     assert {r["key"]: r["completion"] for r in res["per_item"]} == frozen  # same greedy output, any sharding
+
+
+def test_two_processes_split_the_items_and_rank0_merges_them_all(tmp_path):
+    """A real 2-process launch (gloo): without a process group rank 0 merged before rank 1 had written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    args = [f"models=[{TINY}]", "data=sample", "limit=2", "batch_size=4", "max_new_tokens=6", "dtype=float32",
+            "progress=false"]
+    # rank 1 is made slow on purpose: the merge must wait for it, not race it
+    script = tmp_path / "slow_rank1.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from mmpc_rl.eval import cqbench, runner\n"
+        "real = runner.generate_batch\n"
+        "def slow(*a, **k):\n"
+        "    if os.environ.get('RANK') == '1':\n"
+        "        time.sleep(3)\n"
+        "    return real(*a, **k)\n"
+        "runner.generate_batch = slow\n"
+        "sys.exit(cqbench.main(sys.argv[1:]))\n")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(root / "launch" / "ddp.yaml"),
+                           "--num_processes", "2", str(script), f"output_dir={tmp_path / 'ddp'}", *args],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cqbench.main([f"output_dir={tmp_path / 'one'}", *args]) == 0
+
+    def answers(out):
+        return {r["key"]: r["answer"] for r in read_jsonl(out / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")}
+
+    ddp, one = answers(tmp_path / "ddp"), answers(tmp_path / "one")
+    assert len(one) == 6 and ddp == one  # every item once, greedy answers identical to one process
+    shards = sorted(p.name for p in (tmp_path / "ddp" / "items" / "tiny-qwen2.5-vl").glob("i2t.rank*.jsonl"))
+    assert shards == ["i2t.rank0.jsonl", "i2t.rank1.jsonl"]
