@@ -56,12 +56,25 @@ def build_policy(cfg: DictConfig, args):
     from mmpc_rl.models import load_policy
 
     model_cfg = section(cfg, "model")
-    model, processor = load_policy(model_cfg, cpu=bool(args.use_cpu) or not torch.cuda.is_available())
+    cpu = bool(args.use_cpu) or not torch.cuda.is_available()
+    model, processor = load_policy(model_cfg, cpu=cpu, device_map=policy_device_map(args, model_cfg, cpu))
     if model_cfg.qlora:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
     return model, processor
+
+
+def policy_device_map(args, model_cfg, cpu: bool):
+    """Where the policy is loaded. The Trainer never moves a bitsandbytes model (`.to` is unsupported), so a 4-bit
+    policy must be loaded onto this process's GPU; a plain one is too (no CPU copy of 16 GB first). Under DDP or
+    DeepSpeed the Trainer/DeepSpeed place non-quantized weights themselves (TRL passes None there too)."""
+    if cpu:
+        return None
+    distributed = str(args.distributed_state.distributed_type).split(".")[-1] in ("MULTI_GPU", "DEEPSPEED")
+    if distributed and not model_cfg.qlora:
+        return None
+    return {"": args.distributed_state.device}
 
 
 def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: list | None = None,

@@ -162,3 +162,25 @@ def test_the_demo_policy_answers_held_out_items_in_json():
         statuses.append(task.parse(proc.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                      skip_special_tokens=True)[0]).status)
     assert statuses.count("ok") >= 5, statuses
+
+
+def test_policy_placement_is_explicit_on_gpus():
+    """The Trainer never moves a 4-bit model, so QLoRA must be loaded onto this process's GPU; under DDP/DeepSpeed
+    plain weights are left for the Trainer to place."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.training import policy_device_map
+
+    def args(kind):
+        return SimpleNamespace(distributed_state=SimpleNamespace(distributed_type=kind, device="cuda:1"))
+
+    plain, qlora = ModelConfig(), ModelConfig(qlora=True)
+    assert policy_device_map(args(DistributedType.NO), plain, cpu=True) is None
+    assert policy_device_map(args(DistributedType.NO), plain, cpu=False) == {"": "cuda:1"}
+    assert policy_device_map(args(DistributedType.NO), qlora, cpu=False) == {"": "cuda:1"}
+    assert policy_device_map(args(DistributedType.MULTI_GPU), plain, cpu=False) is None
+    assert policy_device_map(args(DistributedType.MULTI_GPU), qlora, cpu=False) == {"": "cuda:1"}
+    assert policy_device_map(args(DistributedType.DEEPSPEED), plain, cpu=False) is None
