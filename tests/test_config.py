@@ -84,3 +84,23 @@ def test_saved_config_is_resolved_and_scrubbed(tmp_path):
     text = save_config(cfg, tmp_path).read_text()
     assert "output_dir: outputs/demo-i2t" in text and "recipe: demo-i2t" in text
     assert "sk-secret" not in text and "<redacted>" in text
+
+
+def test_lora_targets_only_the_language_model_of_qwen_and_gemma(tiny_qwen):
+    """Both model families of the paper: the 7 linear layers of every language-model block, no vision layer."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText, Gemma3Config, Gemma3ForConditionalGeneration
+
+    gemma = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=64),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298))
+    qwen = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen))
+    lora = build_lora_config(load_recipe(["recipe=i2t"]))
+    for model in (gemma, qwen):
+        wrapped = get_peft_model(model, lora)
+        adapted = [n for n, _ in wrapped.named_modules() if n.endswith(".lora_A")]
+        assert len(adapted) == 7 * 2, adapted  # 2 blocks x {q,k,v,o,gate,up,down}
+        assert all(".language_model." in n for n in adapted)
