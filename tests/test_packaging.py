@@ -48,5 +48,5 @@ def test_editable_install_resolves_the_folders():
 def test_console_command_lists_subcommands():
     out = subprocess.run([str(Path(sys.executable).parent / "mmpc-rl"), "--help"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    for cmd in ("train", "eval", "data", "recbench", "demo", "benchmark"):
+    for cmd in ("train", "eval", "data", "recbench", "demo", "benchmark", "curves"):
         assert f"  {cmd}" in out
