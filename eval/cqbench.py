@@ -99,9 +99,7 @@ def load_scorers(cfg: CQBenchConfig):
         sc.bertscore = load_bertscore(_resolve(cfg.bertscore, "BERTScore encoder"), cfg.bertscore_layers)
     if "t2i" in cfg.tasks:
         if cfg.lpips:
-            if cfg.lpips == "random":
-                print("mmpc-rl: lpips=random: AlexNet trunk with random weights; LPIPS values are not comparable")
-            sc.lpips = load_lpips(None if cfg.lpips == "random" else cfg.lpips, cfg.lpips_channel_order)
+            sc.lpips = load_lpips(cfg.lpips, cfg.lpips_channel_order)
         if cfg.clip:
             sc.clip = load_clip(cfg.clip)
         sc.renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,

@@ -95,6 +95,10 @@ def build_lpips_net(backbone: str | os.PathLike | None = None):
 
 
 def load_lpips(backbone: str | os.PathLike | None = None, channel_order: str = "bgr") -> LpipsMetric:
+    """`backbone`: torchvision AlexNet weights, or "random" for smoke runs (said aloud: the values mean nothing)."""
+    if str(backbone) == "random":
+        print("mmpc-rl: lpips=random: AlexNet trunk with random weights; LPIPS values are not comparable")
+        backbone = None
     return LpipsMetric(build_lpips_net(backbone), channel_order)
 
 

@@ -236,3 +236,16 @@ def test_demo_t2i_grpo_run_logs_both_rewards(renderer, embedder, tmp_path, sampl
     assert all(h["sd35_clip/render_seconds"] > 0 for h in logs)
     assert 0 < renderer.images_rendered - before <= 2 * 4 * 2  # 2 steps x 4 completions x 2 renders, deduped
     assert (tmp_path / "renders" / "step_000000.jpg").is_file()
+
+
+def test_cqbench_callback_inside_a_text_to_image_run(tmp_path):
+    """eval.enabled on a t2i recipe: CQBench renders with the reward's SD3 and scores all five image metrics."""
+    from mmpc_rl.train.grpo import main
+
+    out = tmp_path / "t2i-eval"
+    assert main(["recipe=demo-t2i", f"trainer.output_dir={out}", "trainer.max_steps=1", "trainer.save_strategy=no",
+                 "eval.enabled=true", "eval.items_per_category=1", "eval.clip=tiny://clip", "eval.lpips=random"]) == 0
+    table = (out / "cqbench" / "before_after.md").read_text()
+    assert "Text→Image" in table and "| CLIP Sim ↑ |" in table and "| LPIPS ↓ |" in table
+    summary = json.loads((out / "cqbench" / "after" / "summary.json").read_text())
+    assert summary["n_items"] == 3
