@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from mmpc_rl.recbench.trainer import grid_points as default_grid_points
 
 
 @dataclass
-class RecBenchConfig:
+class RecBenchConfig(TrainConfig):
+    """The CLI's flat options: TrainConfig's (epochs=, batch_size=, select_by=, ...) plus the run's own."""
+
     data_dir: str = "sample"  # a `mmpc-rl data build` output, or "sample" (built from the sample catalog)
     out: str = "runs/recbench"
     categories: list[str] | None = None  # None: every <data_dir>/<Category>/recbench found
@@ -44,21 +46,12 @@ class RecBenchConfig:
     cache_dir: str | None = None  # feature cache; None: <out>/feature_cache
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; 1 is much faster than 2 on a busy shared box
-    select_by: str = "valid"  # "test" = MMRec's quick_start parity (picks the grid point by test Recall@20)
-    epochs: int = 1000
-    stopping_step: int = 20
-    batch_size: int = 2048
-    learning_rate: float = 0.001
-    seed: int = 999
-    eval_batch_users: int = 4096
-    embedding_size: int = 64
     knn_k: int = 10
     mm_image_weight: float = 0.1
     grid: dict[str, Any] | None = None  # e.g. grid.VBPR.reg_weight=[0.1]; models not named keep the spec's grid
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.stopping_step, self.batch_size, self.learning_rate, self.seed,
-                           self.eval_batch_users, self.select_by, self.embedding_size)
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
 
 def validate(cfg: RecBenchConfig) -> None:
