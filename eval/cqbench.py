@@ -54,24 +54,9 @@ class CQBenchConfig:
 
 
 def parse_config(argv: list[str]) -> CQBenchConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from mmpc_rl.config import parse_options
 
-    from mmpc_rl.config import parse_overrides
-
-    recipe, overrides = parse_overrides(argv)
-    if recipe is not None:
-        raise ConfigError("mmpc-rl eval cqbench takes no recipe=; pass its options as key=value")
-    valid = [f.name for f in dataclasses.fields(CQBenchConfig)]
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r}" + did_you_mean(key, valid))
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(CQBenchConfig), OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
-    cfg = CQBenchConfig(**OmegaConf.to_container(merged, resolve=True))
+    cfg = parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench")
     for task in cfg.tasks:
         if task not in ("i2t", "t2i"):
             raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, ["i2t", "t2i"]))

@@ -131,6 +131,24 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
+def parse_options(schema, argv: list[str], command: str):
+    """A subcommand's `key=value` options as its `schema` dataclass, typed by OmegaConf: an unknown key names the
+    valid ones, a value of the wrong type is one line. Dotted keys (`grid.VBPR.reg_weight=[0.1]`) reach mappings."""
+    recipe, overrides = parse_overrides(argv)
+    if recipe is not None:
+        raise ConfigError(f"{command} takes no recipe=; pass its options as key=value")
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for item in overrides:
+        key = item.split("=", 1)[0].split(".", 1)[0]
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r}" + did_you_mean(key, valid))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
+    return schema(**OmegaConf.to_container(merged, resolve=True))
+
+
 def load_recipe(argv: list[str] | None = None, default: str | None = None) -> DictConfig:
     """Compose base <- recipe <- overrides, validate every section, and return the DictConfig."""
     recipe, overrides = parse_overrides(list(argv or []))

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from mmpc_rl.config import parse_overrides
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.config import parse_options
 from mmpc_rl.recbench.bench import RecBenchConfig, run
 
 USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbench_results.jsonl,...]] "
@@ -16,28 +12,14 @@ USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbenc
 
 
 def parse_config(argv: list[str]) -> RecBenchConfig:
-    recipe, overrides = parse_overrides(argv)
-    if recipe is not None:
-        raise ConfigError("recbench takes no recipe=; its options are listed in docs/recbench.md")
     fields = {f.name: f for f in dataclasses.fields(RecBenchConfig)}
-    valid = list(fields)
     fixed = []
-    for item in overrides:
-        key, value = item.split("=", 1)
-        top = key.split(".", 1)[0]
-        if top not in valid:
-            raise ConfigError(f"unknown key {top!r}" + did_you_mean(top, valid))
-        if key == top and "list" in str(fields[top].type) and value and not value.startswith("["):
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if key in fields and "list" in str(fields[key].type) and value and not value.startswith("["):
             value = f"[{value}]"  # generated=file.jsonl means a one-element list
-        fixed.append(f"{key}={value}")
-    overrides = fixed
-    try:
-        base = OmegaConf.structured(RecBenchConfig)
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
-        opts = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
-    return RecBenchConfig(**opts)
+        fixed.append(f"{key}={value}" if sep else item)
+    return parse_options(RecBenchConfig, fixed, "mmpc-rl recbench")
 
 
 def main(argv: list[str]) -> int:
