@@ -35,20 +35,13 @@ class CQBenchCallback(TrainerCallback):
         """From a validated recipe: `eval` (EvalConfig) picks the subset and the scorers; `data` where items live."""
         from mmpc_rl.config import section
         from mmpc_rl.data import load_items
-        from mmpc_rl.eval.runner import Scorers
-        from mmpc_rl.eval.scorers import load_bertscore, load_clip, load_lpips
-        from mmpc_rl.models import resolve_model_path
+        from mmpc_rl.eval.scorers import build_scorers
 
         ev, data = section(cfg, "eval"), section(cfg, "data")
         items = load_items(data.path, split=ev.split, categories=ev.categories or data.categories,
                            limit_per_category=ev.items_per_category, seed=data.seed, cache_dir=data.cache_dir)
-        sc = Scorers(renderer=renderer)
-        if task.uses_image_input and ev.bertscore:
-            sc.bertscore = load_bertscore(resolve_model_path(ev.bertscore, kind="BERTScore encoder"),
-                                          ev.bertscore_layers)
-        if not task.uses_image_input:
-            sc.lpips = load_lpips(ev.lpips) if ev.lpips else None
-            sc.clip = load_clip(ev.clip) if ev.clip else None
+        sc = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers, lpips=ev.lpips,
+                           clip=ev.clip, renderer=renderer)
         return cls(ev, task, items, cfg.trainer.output_dir, scorers=sc, seed=data.seed, **kwargs)
 
     def bind(self, trainer) -> CQBenchCallback:

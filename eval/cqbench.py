@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.render import DEFAULT_SD
 
 
 @dataclass
@@ -44,7 +45,7 @@ class CQBenchConfig:
     lpips: str | None = None  # torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
     clip: str | None = None  # CLIP ViT-B/32: hub id, local folder or tiny://clip; None: no CLIP similarity
-    renderer: str = "stabilityai/stable-diffusion-3.5-large-turbo"
+    renderer: str = DEFAULT_SD
     render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
     render_steps: int = 4
     render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
@@ -76,34 +77,24 @@ def model_key(name: str) -> str:
 
 
 def load_scorers(cfg: CQBenchConfig):
-    from mmpc_rl.eval.runner import Scorers
-    from mmpc_rl.eval.scorers import load_bertscore, load_clip, load_lpips
+    from mmpc_rl.eval.scorers import build_scorers
 
-    sc = Scorers(resize=cfg.resize)
-    if "i2t" in cfg.tasks and cfg.bertscore:
-        sc.bertscore = load_bertscore(_resolve(cfg.bertscore, "BERTScore encoder"), cfg.bertscore_layers)
+    renderer = None
     if "t2i" in cfg.tasks:
-        if cfg.lpips:
-            sc.lpips = load_lpips(cfg.lpips, cfg.lpips_channel_order)
-        if cfg.clip:
-            sc.clip = load_clip(cfg.clip)
-        sc.renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
-                                    max_sequence_length=cfg.render_max_sequence_length)
-    return sc
+        renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
+                                 max_sequence_length=cfg.render_max_sequence_length)
+    return build_scorers(cfg.tasks, bertscore=cfg.bertscore, bertscore_layers=cfg.bertscore_layers, lpips=cfg.lpips,
+                         lpips_channel_order=cfg.lpips_channel_order, clip=cfg.clip, renderer=renderer,
+                         resize=cfg.resize)
 
 
-def _resolve(name: str, kind: str) -> str:
-    from mmpc_rl.models import resolve_model_path
-
-    return resolve_model_path(name, kind=kind)
-
-
-def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_sequence_length: int = 512):
+def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_sequence_length: int = 512,
+                  device: str | None = None, dtype: str | None = None):
     """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (shared with the T->I reward); guidance
     0 as the authors used SD3.5-large-turbo."""
     from mmpc_rl.render import load_renderer as shared
 
-    renderer = shared(name_or_path)
+    renderer = shared(name_or_path, device=device, dtype=dtype)
 
     def render(prompts: list[str], seeds: list[int]):
         return renderer.render(prompts, seeds, height=size, width=size, num_inference_steps=steps,

@@ -112,3 +112,21 @@ def load_clip(name_or_path: str):
     if loader is None:
         raise ModelLoadError("mmpc_rl.clip has no load_clip(name_or_path)")
     return loader(name_or_path)
+
+
+def build_scorers(tasks, *, bertscore: str | None = None, bertscore_layers: int | None = None,
+                  lpips: str | None = None, lpips_channel_order: str = "bgr", clip: str | None = None,
+                  renderer=None, resize: str = "cv2"):
+    """The heavy models a CQBench run needs for `tasks` ("i2t"/"t2i"), for the CLI and the training callback alike:
+    BERTScore for titles; LPIPS, CLIP and the renderer for images. A metric whose model is not given is left out."""
+    from mmpc_rl.eval.runner import Scorers
+    from mmpc_rl.models import resolve_model_path
+
+    sc = Scorers(resize=resize)
+    if "i2t" in tasks and bertscore:
+        sc.bertscore = load_bertscore(resolve_model_path(bertscore, kind="BERTScore encoder"), bertscore_layers)
+    if "t2i" in tasks:
+        sc.lpips = load_lpips(lpips, lpips_channel_order) if lpips else None
+        sc.clip = load_clip(clip) if clip else None
+        sc.renderer = renderer
+    return sc

@@ -112,15 +112,20 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
 
 
 def cqbench_callback(cfg: DictConfig, task: Task):
-    """CQBench before/after training on the recipe's held-out subset. For text->image it renders with the same SD3.5
-    the reward loaded (one copy per process)."""
+    """CQBench before/after training on the recipe's held-out subset. For text->image it renders with the reward's
+    SD3.5 and settings: the same (model, device, dtype) finds the reward's pipeline in the per-process cache, where
+    any other key would load a second ~28 GB copy."""
+    import inspect
+
     from mmpc_rl.eval.callback import CQBenchCallback
 
     renderer = None
     if not task.uses_image_input:
         from mmpc_rl.eval.cqbench import load_renderer
+        from mmpc_rl.rewards import REGISTRY
 
-        sd = active_rewards(cfg).get("sd35_clip", {})
-        renderer = load_renderer(sd.get("model", "stabilityai/stable-diffusion-3.5-large-turbo"),
-                                 size=int(sd.get("size", 1024)))
+        params = inspect.signature(REGISTRY["sd35_clip"].factory).parameters
+        sd = {name: p.default for name, p in params.items()} | active_rewards(cfg).get("sd35_clip", {})
+        renderer = load_renderer(sd["model"], size=int(sd["size"]), steps=sd["num_inference_steps"],
+                                 max_sequence_length=sd["max_sequence_length"], device=sd["device"], dtype=sd["dtype"])
     return CQBenchCallback.from_recipe(cfg, task, renderer=renderer)

@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
+from mmpc_rl.clip import DEFAULT_CLIP
 from mmpc_rl.errors import ConfigError, DataError
+from mmpc_rl.render import DEFAULT_SD
 from mmpc_rl.rewards import Reward, register
 from mmpc_rl.tasks import completion_text
-
-DEFAULT_SD = "stabilityai/stable-diffusion-3.5-large-turbo"
-DEFAULT_CLIP = "ViT-B-32/openai"
 
 
 def render_seed(item_id: Any, k: int, base: int = 0) -> int:
