@@ -104,9 +104,7 @@ class ClipEmbedder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_CLIP, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, arch: str | None = None,
                         batch_size: int = 64) -> ClipEmbedder:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        device, dtype = _resolve_placement(device, dtype)
         return cls(load_open_clip(name_or_path, arch), device, dtype, batch_size)
 
     def preprocess(self, image: Any) -> torch.Tensor:
@@ -159,23 +157,22 @@ class ClipEmbedder:
         return int(self.model.visual.output_dim)
 
 
+def _resolve_placement(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """Device (CUDA when present) and dtype (fp16 on CUDA, fp32 on CPU, as openai/CLIP) that None stands for."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return device, dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+
+
 _CACHE: dict[tuple, ClipEmbedder] = {}
 
 
 def load_embedder(name_or_path: str = DEFAULT_CLIP, device: str | None = None,
                   dtype: str | None = None) -> ClipEmbedder:
-    """A process-wide embedder per (model, device, dtype): CQBench and the reward share one copy."""
-    key = (str(name_or_path), str(device), str(dtype))
+    """A process-wide embedder per (model, device, dtype): CQBench and the reward share one copy. The key holds the
+    resolved placement, so `device=None` and the device it means find the same embedder."""
+    key = (str(name_or_path), *map(str, _resolve_placement(device, dtype)))
     if key not in _CACHE:
         _CACHE[key] = ClipEmbedder.from_pretrained(name_or_path, device=device, dtype=dtype)
     return _CACHE[key]
-
-
-def embed(images: list, name_or_path: str = DEFAULT_CLIP, device: str | None = None) -> torch.Tensor:
-    """Module-level convenience: embed PIL images with the cached embedder for `name_or_path`."""
-    return load_embedder(name_or_path, device).embed(images)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine of two L2-normalised embedding batches, in [-1, 1] (no x100, no clamp, as CQBench)."""
-    return (a * b).sum(-1)

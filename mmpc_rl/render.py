@@ -36,6 +36,10 @@ def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype
     return dtype
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_pipeline(name_or_path: str, dtype: torch.dtype) -> Any:
     """StableDiffusion3Pipeline from `tiny://sd3`, a local folder (model_index.json) or a hub id (cache or network)."""
     from diffusers import StableDiffusion3Pipeline
@@ -97,7 +101,7 @@ class Renderer:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_SD, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, **kwargs: Any) -> Renderer:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = _device(device)
         return cls(load_pipeline(name_or_path, _dtype(dtype, device)), device, **kwargs)
 
     # ------------------------------------------------------------------------------------------ text encoding
@@ -181,8 +185,10 @@ _RENDERERS: dict[tuple, Renderer] = {}
 
 def load_renderer(name_or_path: str = DEFAULT_SD, device: str | None = None, dtype: str | None = None,
                   **kwargs: Any) -> Renderer:
-    """One renderer per (model, device, dtype) per process: the reward and CQBench share SD3.5's ~28 GB."""
-    key = (str(name_or_path), str(device), str(dtype))
+    """One renderer per (model, device, dtype) per process: the reward and CQBench share SD3.5's ~28 GB. The key
+    holds the resolved device and dtype, so `device=None` and the device it means find the same pipeline."""
+    dev = _device(device)
+    key = (str(name_or_path), str(dev), str(_dtype(dtype, dev)))
     if key not in _RENDERERS:
         _RENDERERS[key] = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
     return _RENDERERS[key]

@@ -238,17 +238,19 @@ def test_demo_t2i_grpo_run_logs_both_rewards(renderer, embedder, tmp_path, sampl
     assert (tmp_path / "renders" / "step_000000.jpg").is_file()
 
 
-def test_cqbench_callback_inside_a_text_to_image_run(tmp_path):
+def test_cqbench_callback_inside_a_text_to_image_run(tmp_path, monkeypatch):
     """eval.enabled on a t2i recipe: CQBench renders with the reward's SD3 and scores all five image metrics."""
     from mmpc_rl import render
     from mmpc_rl.train.grpo import main
+
+    monkeypatch.setattr(render, "_RENDERERS", {})  # this run's pipelines only
 
     out = tmp_path / "t2i-eval"
     assert main(["recipe=demo-t2i", f"trainer.output_dir={out}", "trainer.max_steps=1", "trainer.save_strategy=no",
                  "eval.enabled=true", "eval.items_per_category=1", "eval.clip=tiny://clip", "eval.lpips=random",
                  "rewards.sd35_clip.device=cpu"]) == 0
     # the callback found the reward's pipeline: one SD3 in the process, not a second copy under another key
-    assert [key for key in render._RENDERERS if key[0] == "tiny://sd3"] == [("tiny://sd3", "cpu", "None")]
+    assert list(render._RENDERERS) == [("tiny://sd3", "cpu", "torch.float32")]
     table = (out / "cqbench" / "before_after.md").read_text()
     assert "Text→Image" in table and "| CLIP Sim ↑ |" in table and "| LPIPS ↓ |" in table
     summary = json.loads((out / "cqbench" / "after" / "summary.json").read_text())
