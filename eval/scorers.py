@@ -104,14 +104,9 @@ def load_lpips(backbone: str | os.PathLike | None = None, channel_order: str = "
 
 def load_clip(name_or_path: str):
     """A CLIP image embedder (PIL list -> n x d L2-normalised tensor) from the project's CLIP module."""
-    try:
-        from mmpc_rl import clip as clip_module
-    except ImportError as e:
-        raise ModelLoadError(f"the CLIP embedder module is not available ({e})") from None
-    loader = getattr(clip_module, "load_clip", None) or getattr(clip_module, "load_embedder", None)
-    if loader is None:
-        raise ModelLoadError("mmpc_rl.clip has no load_clip(name_or_path)")
-    return loader(name_or_path)
+    from mmpc_rl.clip import load_embedder
+
+    return load_embedder(name_or_path)
 
 
 def build_scorers(tasks, *, bertscore: str | None = None, bertscore_layers: int | None = None,

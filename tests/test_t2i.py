@@ -165,7 +165,7 @@ def test_reward_is_mean_of_per_render_clip_scores_with_shared_seeds(reward, rend
     completions = [_answer("a red mug"), _answer("a blue shoe"), [{"role": "assistant", "content": "no json"}]]
     out = reward(prompts=[None] * 3, completions=completions, completion_ids=None,
                  reference_image=[real_images[0]] * 3, parent_asin=["B001"] * 3)
-    last = reward.impl.last
+    last = reward.fn.last
     seeds = [render_seed("B001", k) for k in range(4)]
     assert [s for _, s in last["unique"]] == seeds * 2  # both completions of the item on the same four seeds
     assert out[2] == 0.0  # unparsed: 0.0, nothing rendered
@@ -214,8 +214,8 @@ def test_metrics_and_panel(reward, real_images, tmp_path):
            log_metric=lambda k, v: logged.__setitem__(k, v))
     assert logged["sd35_clip/unique_renders"] == 8.0 and logged["sd35_clip/rendered_frac"] == 1.0
     assert logged["sd35_clip/render_seconds"] > 0 and logged["sd35_clip/over_77_clip_tokens_frac"] == 0.0
-    reward.impl.output_dir = str(tmp_path)
-    panel = reward.impl.log_panel([real_images[1]] * 2, step=3)
+    reward.fn.output_dir = str(tmp_path)
+    panel = reward.fn.log_panel([real_images[1]] * 2, step=3)
     assert panel.size == (5 * 256, 2 * 256)
     assert (tmp_path / "renders" / "step_000003.jpg").is_file()
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from mmpc_rl.clip import OPENAI_MEAN, OPENAI_STD
 
 MODEL_CFG = {
     "embed_dim": 32,
