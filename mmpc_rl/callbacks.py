@@ -4,7 +4,6 @@ checkpoints with nothing pickled beyond what the HF Trainer needs to resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
 from mmpc_rl.monitoring import TABLE_KEY, log_summary
 
 SUMMARY_PREFIXES = ("cqbench",)  # logged keys that are end-of-run numbers: they also go to the W&B run summary
@@ -24,7 +23,7 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+    atomic_write_jsonl(path, keep)
 
 
 class MetricsLogger(TrainerCallback):
@@ -112,8 +111,7 @@ class CompletionsTable(TrainerCallback):
                     paths.append(f"images/{name}")
                 rec[c] = paths
             disk_rows.append(rec)
-        atomic_write_text(self.dir / f"step_{step:05d}.jsonl",
-                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in disk_rows))
+        atomic_write_jsonl(self.dir / f"step_{step:05d}.jsonl", disk_rows)
         try:
             import wandb
         except ImportError:

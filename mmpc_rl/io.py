@@ -34,6 +34,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_default) + "\n")
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records) -> Path:
+    """A whole JSONL file, one record a line, written atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def _default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()

@@ -19,7 +19,7 @@ from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, fi
 from mmpc_rl.data.schema import TEXT_FIELDS
 from mmpc_rl.data.select import seeded_order, set_sizes
 from mmpc_rl.errors import ConfigError, DataError
-from mmpc_rl.io import atomic_write_json, atomic_write_text
+from mmpc_rl.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 HF_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 DEFAULTS: dict[str, object] = {
@@ -125,7 +125,7 @@ def _write_recbench(d: Path, cat: str, inter: list[tuple], umap: dict, imap: dic
         res = got.get(rec.get("url"))
         items.append({"itemID": n, "parent_asin": asin, "title": rec.get("title", ""), "text": rec.get("text", ""),
                       "image": res["path"] if res and res["ok"] else None})
-    atomic_write_text(d / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+    atomic_write_jsonl(d / "items.jsonl", items)
 
 
 def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
@@ -137,7 +137,7 @@ def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
     order = seeded_order(eligible, int(opts["seed"]))
     cq, train = _fill(order, sizes, meta, str(opts["text_field"]), cache, image_stats, cat)
     for name, items in (("cqbench", cq), ("train", train)):
-        atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+        atomic_write_jsonl(out / f"{name}.jsonl", items)
     atomic_write_json(out / "ids.json", {"seed": opts["seed"], "cqbench": [r["parent_asin"] for r in cq],
                                          "train": [r["parent_asin"] for r in train]})
     rec = (_recbench(reviews, eligible, meta, opts, cache, review_stats, image_stats, cat, out) if reviews is not None

@@ -14,7 +14,7 @@ import random
 import zlib
 from pathlib import Path
 
-from mmpc_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mmpc_rl.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 
 SAMPLE_CATEGORIES = ("All_Beauty", "Video_Games", "Toys_and_Games")
 MARKER = ".sample-complete.json"
@@ -216,10 +216,6 @@ def _category_reviews(cat: str, metas: list[dict], seed: int) -> list[dict]:
     return reviews
 
 
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
 def build_sample_catalog(out_dir: str | Path, *, base_url: str | None = None, seed: int = 0) -> Path:
     """Write `meta_<Cat>.jsonl`, `<Cat>.jsonl` and `images/` for the three sample categories; return out_dir.
 
@@ -241,7 +237,7 @@ def build_sample_catalog(out_dir: str | Path, *, base_url: str | None = None, se
         metas, files = _category_items(cat, seed, url)
         for name, data in files.items():
             atomic_write_bytes(out / "images" / name, data)
-        atomic_write_text(out / f"meta_{cat}.jsonl", _jsonl(metas))
-        atomic_write_text(out / f"{cat}.jsonl", _jsonl(_category_reviews(cat, metas, seed)))
+        atomic_write_jsonl(out / f"meta_{cat}.jsonl", metas)
+        atomic_write_jsonl(out / f"{cat}.jsonl", _category_reviews(cat, metas, seed))
     atomic_write_json(marker, params)
     return out

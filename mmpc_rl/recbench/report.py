@@ -3,11 +3,12 @@ ground truth, and a Figure-4-style heatmap, from the selected results (one per c
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-from mmpc_rl.io import atomic_write_text
+from mmpc_rl.io import atomic_write_bytes, atomic_write_text
 from mmpc_rl.recbench.conditions import TASK_MODALITY
 
 COLUMNS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50"]
@@ -165,12 +166,10 @@ def heatmap(results: list[dict], path: Path, metric: str = "recall@20") -> Path 
     fig.colorbar(im, ax=ax, label="% vs ground truth")
     ax.set_title(f"{metric}: relative difference to ground truth (mean over recommenders)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_reports(results: list[dict], out_dir: Path) -> dict:
