@@ -19,7 +19,6 @@ import numpy as np
 from mmpc_rl.errors import DataError
 from mmpc_rl.io import read_jsonl
 
-RATES = (0.2, 0.5, 0.8, 1.0)
 TASK_MODALITY = {"i2t": "text", "t2i": "image"}  # the modality a task's generations stand in for
 MODALITY_TASK = {v: k for k, v in TASK_MODALITY.items()}
 BASELINES = ("zeros", "random")

@@ -45,11 +45,6 @@ class Recommender(nn.Module):
     def pre_epoch(self) -> None:
         pass
 
-    @torch.no_grad()
-    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
-        user_table, item_table = self.score_tables()
-        return user_table[users] @ item_table.T
-
 
 class VBPR(Recommender):
     """q_i = [I_id[i]; Linear([t_i; v_i])] with fixed raw features; s(u, i) = U_u . q_i; BPR + EmbLoss."""

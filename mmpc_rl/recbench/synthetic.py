@@ -6,27 +6,18 @@ title (and colour, if images are written) names its cluster, so content features
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from mmpc_rl.io import atomic_write_text
+from mmpc_rl.data.recsel import split_labels as chronological_labels  # the pipeline's per-user split
+from mmpc_rl.io import atomic_write_jsonl, atomic_write_text
 
 WORDS = ["red", "blue", "green", "wooden", "steel", "plush", "retro", "travel", "kitchen", "garden", "gaming",
          "studio"]
 NOUNS = ["mug", "lamp", "controller", "brush", "chair", "kit", "case", "headset", "pan", "toy", "pen", "cable"]
 COLOURS = [(220, 40, 40), (40, 40, 220), (40, 180, 40), (150, 100, 50), (160, 160, 170), (230, 150, 200),
            (240, 200, 60), (60, 200, 200), (120, 60, 160), (30, 30, 30), (250, 250, 250), (250, 120, 20)]
-
-
-def chronological_labels(n: int) -> list[int]:
-    """The data pipeline's per-user split: n < 10 -> last = test, second-to-last = valid; else 80/10/10 by time."""
-    if n < 10:
-        return [0] * (n - 2) + [1, 2]
-    val_test = int(0.2 * n)
-    val = val_test // 2
-    return [0] * (n - val_test) + [1] * val + [2] * (val_test - val)
 
 
 def make_category(root: str | Path, category: str = "Toy", n_users: int = 60, n_items: int = 40,
@@ -70,7 +61,7 @@ def make_category(root: str | Path, category: str = "Toy", n_users: int = 60, n_
             image = str(folder / "images" / f"B{i:09d}.png")
             _write_image(image, COLOURS[c % len(COLOURS)], rng)
         records.append({"itemID": i, "parent_asin": f"B{i:09d}", "title": title, "text": title, "image": image})
-    atomic_write_text(folder / "items.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_jsonl(folder / "items.jsonl", records)
     return folder
 
 

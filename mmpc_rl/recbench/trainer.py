@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -146,7 +146,3 @@ def make_evaluators(data: RecData, cfg: TrainConfig, device: torch.device) -> tu
     train_csr = data.csr(data.train)
     return tuple(Evaluator(train_csr, data.csr(split), data.n_items, KS, cfg.eval_batch_users, device)
                  for split in (data.valid, data.test))
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
