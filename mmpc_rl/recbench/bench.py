@@ -122,6 +122,7 @@ class CategoryFeatures:
         self.asin_to_item = {str(r.get("parent_asin")): i for i, r in enumerate(data.items)}
         self.gt: dict[str, np.ndarray] = {}
         self.info: dict[str, dict] = {}
+        self._encoded: dict[tuple[str, str], tuple[dict[int, np.ndarray], int]] = {}
         if "text" in cfg.modalities:
             self.gt["text"] = text_enc.encode([r.get(cfg.text_field) or "" for r in data.items],
                                               desc=f"{data.name} text")
@@ -131,6 +132,14 @@ class CategoryFeatures:
             self.info["ground_truth"] = {"images_missing_mean_filled": int((~ok).sum())}
 
     def _replacements(self, cond: C.Condition) -> tuple[dict[int, np.ndarray], int]:
+        """Features of every usable generation for this category, encoded once per (method, task) whatever the
+        number of rates: each rate only picks which of them replace the ground truth."""
+        key = (cond.method, cond.task)
+        if key not in self._encoded:
+            self._encoded[key] = self._encode_generated(cond)
+        return self._encoded[key]
+
+    def _encode_generated(self, cond: C.Condition) -> tuple[dict[int, np.ndarray], int]:
         content = C.for_category(self.generated[(cond.method, cond.task)], self.data.name, self.asin_to_item)
         ids = sorted(content)
         if not ids:
