@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from mmpc_rl.data.schema import clean_title, cover_url, is_eligible, item_text
+from mmpc_rl.data.schema import clean_title, cover_url, ineligible_reason, is_eligible, item_text
 from mmpc_rl.errors import DataError
 
 CATEGORIES = ("All_Beauty", "Arts_Crafts_and_Sewing", "Electronics", "Home_and_Kitchen", "Industrial_and_Scientific",
@@ -105,10 +105,9 @@ def scan_meta(path: Path, stats: Stats, *, progress: bool = True) -> list[str]:
                 stats.add("duplicate_parent_asin", f"{path.name}:{lineno}: {asin}")
                 continue
             seen.add(asin)
-            if len(clean_title(rec)) < 5:
-                stats.add("ineligible_title", f"{path.name}:{lineno}: {asin}")
-            elif cover_url(rec.get("images")) is None:
-                stats.add("ineligible_no_image", f"{path.name}:{lineno}: {asin}")
+            reason = ineligible_reason(rec)
+            if reason:
+                stats.add(reason, f"{path.name}:{lineno}: {asin}")
             else:
                 eligible.append(asin)
     finally:

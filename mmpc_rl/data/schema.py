@@ -36,9 +36,17 @@ def clean_title(meta: dict) -> str:
     return title.strip() if isinstance(title, str) else ""
 
 
+def ineligible_reason(meta: dict) -> str | None:
+    """Why the authors' item filter (a title of at least 5 characters and a cover image) drops an item, or None."""
+    if len(clean_title(meta)) < MIN_TITLE_CHARS:
+        return "ineligible_title"
+    if cover_url(meta.get("images")) is None:
+        return "ineligible_no_image"
+    return None
+
+
 def is_eligible(meta: dict) -> bool:
-    """The authors' item filter: a title of at least 5 characters and a cover image."""
-    return len(clean_title(meta)) >= MIN_TITLE_CHARS and cover_url(meta.get("images")) is not None
+    return ineligible_reason(meta) is None
 
 
 def _str_list(value: Any) -> list[str]:
