@@ -79,16 +79,26 @@ class Evaluator:
         self.split_ptr, self.split_idx = (torch.as_tensor(a, dtype=torch.long, device=self.device) for a in split_csr)
         counts = self.split_ptr[1:] - self.split_ptr[:-1]
         self.users = torch.nonzero(counts > 0).flatten()
+        # the batches and their train/split item coordinates never change: worked out once, not every epoch
+        self.batches = []
+        for start in range(0, len(self.users), self.batch_users):
+            users = self.users[start:start + self.batch_users]
+            self.batches.append((users, self._coords(self.train_ptr, self.train_idx, users),
+                                 self._coords(self.split_ptr, self.split_idx, users),
+                                 self.split_ptr[users + 1] - self.split_ptr[users]))
 
-    def _dense(self, ptr: torch.Tensor, idx: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def _coords(self, ptr: torch.Tensor, idx: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in the batch, item) of every interaction of `users` in a CSR matrix."""
         starts, ends = ptr[users], ptr[users + 1]
         lens = ends - starts
         dev = self.device
         rows = torch.repeat_interleave(torch.arange(len(users), device=dev), lens)
         offs = torch.arange(int(lens.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-        cols = idx[torch.repeat_interleave(starts, lens) + offs]
-        out = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=dev)
-        out[rows, cols] = True
+        return rows, idx[torch.repeat_interleave(starts, lens) + offs]
+
+    def _dense(self, coords: tuple[torch.Tensor, torch.Tensor], n_users: int) -> torch.Tensor:
+        out = torch.zeros(n_users, self.n_items, dtype=torch.bool, device=self.device)
+        out[coords] = True
         return out
 
     @torch.no_grad()
@@ -98,13 +108,10 @@ class Evaluator:
         if len(self.users) == 0:
             return totals
         max_k = min(max(self.ks), self.n_items)
-        for start in range(0, len(self.users), self.batch_users):
-            users = self.users[start:start + self.batch_users]
+        for users, train_coords, split_coords, n_test in self.batches:
             scores = score_fn(users).float()
-            scores = scores.masked_fill(self._dense(self.train_ptr, self.train_idx, users), MASK_VALUE)
+            scores = scores.masked_fill(self._dense(train_coords, len(users)), MASK_VALUE)
             topk_idx = torch.topk(scores, max_k, dim=1).indices
-            test_dense = self._dense(self.split_ptr, self.split_idx, users)
-            n_test = self.split_ptr[users + 1] - self.split_ptr[users]
-            for name, value in _hit_sums(topk_idx, test_dense, n_test, self.ks).items():
+            for name, value in _hit_sums(topk_idx, self._dense(split_coords, len(users)), n_test, self.ks).items():
                 totals[name] += value
         return {name: round(value / len(self.users), 4) for name, value in totals.items()}
