@@ -52,15 +52,21 @@ def locate(source: str, category: str) -> tuple[Path, Path | None]:
 
 
 def _fill(order: list[str], sizes: tuple[int, ...], meta: Path, text_field: str, cache: ImageCache,
-          stats: Stats, cat: str) -> list[list[dict]]:
-    """Take items in `order` into sets of the given sizes, skipping (and counting) items whose image fails."""
+          stats: Stats, cat: str, prefetch: set[str] = frozenset()) -> tuple[list[list[dict]], dict | None]:
+    """Take items in `order` into sets of the given sizes, skipping (and counting) items whose image fails.
+
+    The first meta pass also fetches the `prefetch` records (RecBench's items), so the meta file, millions of lines
+    for the big categories, is not read once more for them; they are returned (None if no pass was made)."""
     sets: list[list[dict]] = [[] for _ in sizes]
+    prefetched = None
     pos, need = 0, sum(sizes)
     while pos < len(order) and sum(map(len, sets)) < need:
         missing = need - sum(map(len, sets))
         chunk = order[pos: pos + missing + max(8, missing // 10)]  # a margin for failures saves a meta pass
         pos += len(chunk)
-        recs = fetch_meta(meta, set(chunk), text_field)
+        recs = fetch_meta(meta, set(chunk) | (prefetch if prefetched is None else set()), text_field)
+        if prefetched is None:
+            prefetched = {a: recs[a] for a in prefetch if a in recs}
         got = cache.fetch([recs[a]["url"] for a in chunk if a in recs], desc=f"images {cat}")
         for asin in chunk:
             res = got.get(recs[asin]["url"]) if asin in recs else None
@@ -72,11 +78,11 @@ def _fill(order: list[str], sizes: tuple[int, ...], meta: Path, text_field: str,
                 break
             target.append({"parent_asin": asin, "title": recs[asin]["title"], "text": recs[asin]["text"],
                            "image": res["path"], "category": cat})
-    return sets
+    return sets, prefetched
 
 
-def _recbench(reviews: Path, eligible: list[str], meta: Path, opts: dict, cache: ImageCache, stats: Stats,
-              image_stats: Stats, cat: str, out: Path) -> dict:
+def _rec_candidates(reviews: Path, eligible: list[str], opts: dict, stats: Stats) -> tuple[list[str], dict]:
+    """RecBench's candidate items and the selection state, from the reviews alone (no meta needed)."""
     index = {a: n for n, a in enumerate(eligible)}
     progress = bool(opts["progress"])
     if opts["selection"] == "authors":
@@ -84,26 +90,34 @@ def _recbench(reviews: Path, eligible: list[str], meta: Path, opts: dict, cache:
         seqs = recsel.user_sequences(*cols)
         chosen = recsel.select_users(seqs, int(opts["rec_users"]))
         candidates = sorted({i for u in chosen for i in seqs[u]})
+        state = {"index": index, "seqs": seqs, "chosen": chosen}
     else:
         u, i, t = recsel.collect(reviews, index, stats, progress=progress)
         mask = recsel.earliest_per_pair(u, i, t)
         mask[mask] = recsel.kcore(u[mask], i[mask], int(opts["k"]), int(opts["k"]))
         candidates = sorted(set(i[mask].tolist()))
-    asins = [eligible[i] for i in candidates]
-    recs = fetch_meta(meta, set(asins), str(opts["text_field"]))
+        state = {"users": set(u[mask].tolist())}
+    return [eligible[i] for i in candidates], state
+
+
+def _rec_finish(reviews: Path, eligible: list[str], asins: list[str], state: dict, recs: dict | None, meta: Path,
+                opts: dict, cache: ImageCache, image_stats: Stats, cat: str, out: Path) -> dict:
+    progress = bool(opts["progress"])
+    if recs is None:  # no set was filled, so no meta pass fetched them
+        recs = fetch_meta(meta, set(asins), str(opts["text_field"]))
     got = cache.fetch([recs[a]["url"] for a in asins if a in recs], desc=f"rec images {cat}")
     ok_asins = {a for a in asins if a in recs and got[recs[a]["url"]]["ok"]}
     for a in sorted(set(asins) - ok_asins):
         res = got.get(recs[a]["url"]) if a in recs else None
         image_stats.add(f"rec_image_{res['reason'] if res else 'no_record'}", a)
     if opts["selection"] == "authors":
-        ok = {index[a] for a in ok_asins}
-        final = recsel.refilter(chosen, seqs, ok)
+        seqs = state["seqs"]
+        ok = {state["index"][a] for a in ok_asins}
+        final = recsel.refilter(state["chosen"], seqs, ok)
         whitelist = {eligible[i] for u in final for i in seqs[u] if i in ok}
         rows = recsel.final_interactions(reviews, whitelist, Stats(), progress=progress)  # lines counted once
     else:
-        users = set(u[mask].tolist())
-        rows = recsel.final_interactions(reviews, ok_asins, Stats(), users=users, dedup="pair",
+        rows = recsel.final_interactions(reviews, ok_asins, Stats(), users=state["users"], dedup="pair",
                                          k_user=int(opts["k"]), k_item=int(opts["k"]), progress=progress)
     inter, umap, imap = recsel.reindex(rows)
     _write_recbench(out / "recbench", cat, inter, umap, imap, recs, got)
@@ -135,13 +149,15 @@ def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
     eligible = scan_meta(meta, meta_stats, progress=bool(opts["progress"]))
     sizes = set_sizes(len(eligible), int(opts["cqbench_per_category"]), int(opts["train_per_category"]))
     order = seeded_order(eligible, int(opts["seed"]))
-    cq, train = _fill(order, sizes, meta, str(opts["text_field"]), cache, image_stats, cat)
+    rec_asins, rec_state = _rec_candidates(reviews, eligible, opts, review_stats) if reviews is not None else ([], {})
+    (cq, train), rec_recs = _fill(order, sizes, meta, str(opts["text_field"]), cache, image_stats, cat,
+                                  prefetch=set(rec_asins))
     for name, items in (("cqbench", cq), ("train", train)):
         atomic_write_jsonl(out / f"{name}.jsonl", items)
     atomic_write_json(out / "ids.json", {"seed": opts["seed"], "cqbench": [r["parent_asin"] for r in cq],
                                          "train": [r["parent_asin"] for r in train]})
-    rec = (_recbench(reviews, eligible, meta, opts, cache, review_stats, image_stats, cat, out) if reviews is not None
-           else {"skipped": "no review file"})
+    rec = (_rec_finish(reviews, eligible, rec_asins, rec_state, rec_recs, meta, opts, cache, image_stats, cat, out)
+           if reviews is not None else {"skipped": "no review file"})
     return {"meta_file": str(meta), "review_file": str(reviews) if reviews else None,
             "items": meta_stats.counts["items"], "eligible": len(eligible),
             "cqbench": len(cq), "train": len(train), "recbench": rec,
