@@ -29,14 +29,6 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _resolve_tiny(name_or_path: str) -> str:
-    if name_or_path.startswith("tiny://"):
-        from mmpc_rl.tiny import tiny_path
-
-        return str(tiny_path(name_or_path[len("tiny://"):]))
-    return name_or_path
-
-
 def _load_file(path: Path, arch: str) -> Any:
     import open_clip
 
@@ -62,7 +54,9 @@ def load_open_clip(name_or_path: str, arch: str | None = None) -> Any:
     """The open_clip model for any of the forms above, or a one-line ModelLoadError."""
     import open_clip
 
-    source = _resolve_tiny(str(name_or_path))
+    from mmpc_rl import tiny
+
+    source = tiny.resolve(name_or_path)
     path = Path(source).expanduser()
     try:
         if path.is_dir():

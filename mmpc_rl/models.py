@@ -31,11 +31,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: str = "model") -> str:
     """A local folder for NAME_OR_PATH: an existing folder as is, `tiny://NAME` built in-process, a hub id from the
     local cache, or downloaded when the hub is reachable. Raises ModelLoadError with a one-line fix otherwise."""
+    from mmpc_rl import tiny
+
     name_or_path = str(name_or_path)
     if name_or_path.startswith("tiny://"):
-        from mmpc_rl.tiny import tiny_path
-
-        return str(tiny_path(name_or_path[len("tiny://"):]))
+        return tiny.resolve(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -44,11 +44,9 @@ def load_pipeline(name_or_path: str, dtype: torch.dtype) -> Any:
     """StableDiffusion3Pipeline from `tiny://sd3`, a local folder (model_index.json) or a hub id (cache or network)."""
     from diffusers import StableDiffusion3Pipeline
 
-    source = str(name_or_path)
-    if source.startswith("tiny://"):
-        from mmpc_rl.tiny import tiny_path
+    from mmpc_rl import tiny
 
-        source = str(tiny_path(source[len("tiny://"):]))
+    source = tiny.resolve(name_or_path)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():

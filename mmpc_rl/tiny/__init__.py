@@ -39,3 +39,11 @@ def tiny_path(name: str, root: str | os.PathLike | None = None) -> Path:
         getattr(module, func)(out)
         marker.write_text(version + "\n")
     return out
+
+
+def resolve(name_or_path: str) -> str:
+    """The local folder of a `tiny://NAME` reference (built on first use); any other name or path unchanged."""
+    name_or_path = str(name_or_path)
+    if name_or_path.startswith("tiny://"):
+        return str(tiny_path(name_or_path[len("tiny://"):]))
+    return name_or_path
