@@ -10,7 +10,8 @@ from pathlib import Path
 from mmpc_rl.errors import DataError
 
 SPLITS = ("train", "cqbench")
-__all__ = ["SPLITS", "build_cached", "default_cache_dir", "load_items", "read_built"]
+__all__ = ["DEFAULT_SEED", "DEFAULT_TEXT_FIELD", "SPLITS", "build_cached", "default_cache_dir", "load_items",
+           "read_built", "resolve_source"]
 
 
 def default_cache_dir() -> Path:
@@ -33,9 +34,24 @@ def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict
     return items
 
 
+# The build a raw folder or the sample gets when none is named: CQBench and RecBench must agree on it to see the
+# same items (see build_cached).
+DEFAULT_SEED = 42
+DEFAULT_TEXT_FIELD = "title"
+
+
+def resolve_source(path: str | os.PathLike, cache: Path) -> Path:
+    """The folder behind a data path: "sample" is the generated catalog (built into `cache` on first use)."""
+    if str(path) == "sample":
+        from mmpc_rl.data.sample import build_sample_catalog
+
+        return build_sample_catalog(cache / "sample-catalog")
+    return Path(path).expanduser().resolve()
+
+
 def load_items(path: str | os.PathLike = "sample", split: str = "train", categories: list[str] | None = None,
-               limit_per_category: int | None = None, seed: int = 42, cache_dir: str | os.PathLike | None = None,
-               text_field: str = "title") -> list[dict]:
+               limit_per_category: int | None = None, seed: int = DEFAULT_SEED,
+               cache_dir: str | os.PathLike | None = None, text_field: str = DEFAULT_TEXT_FIELD) -> list[dict]:
     """Items `{parent_asin, title, text, image, category}` of one split, category by category.
 
     `path`: "sample" (the generated catalog, built into `cache_dir` first), a raw folder of `meta_*.jsonl[.gz]`
@@ -47,12 +63,7 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if str(path) == "sample":
-        from mmpc_rl.data.sample import build_sample_catalog
-
-        source = build_sample_catalog(cache / "sample-catalog")
-    else:
-        source = Path(path).expanduser().resolve()
+    source = resolve_source(path, cache)
     if not source.is_dir():
         raise DataError(f"data path {str(path)!r} does not exist; give 'sample', a raw Amazon-2023 folder or a "
                         "`mmpc-rl data build` output folder")

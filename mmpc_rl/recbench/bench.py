@@ -82,24 +82,19 @@ def validate(cfg: RecBenchConfig) -> None:
 def resolve_data_dir(cfg: RecBenchConfig) -> Path:
     """A folder of <Category>/recbench/; "sample" or a raw Amazon-2023 folder is built once through the data
     pipeline into the same cache `load_items` uses, so CQBench and RecBench see the same sample items."""
-    from mmpc_rl.data import build_cached, default_cache_dir
+    from mmpc_rl.data import DEFAULT_SEED, DEFAULT_TEXT_FIELD, build_cached, default_cache_dir, resolve_source
     from mmpc_rl.data.reader import resolve_categories
 
     cache = default_cache_dir()
-    if cfg.data_dir == "sample":
-        from mmpc_rl.data.sample import build_sample_catalog
-
-        source = build_sample_catalog(cache / "sample-catalog")
-    else:
-        source = Path(cfg.data_dir).expanduser().resolve()
-        if not source.is_dir():
-            raise DataError(f"data_dir {source} does not exist")
+    source = resolve_source(cfg.data_dir, cache)
+    if not source.is_dir():
+        raise DataError(f"data_dir {source} does not exist")
     if any(source.glob("*/recbench")):
         return source
     cats = resolve_categories(source, None)
     if not cats:
         raise DataError(f"{source} holds neither <Category>/recbench/ folders nor raw meta_<Category>.jsonl files")
-    return build_cached(source, cats, 42, "title", cache)
+    return build_cached(source, cats, DEFAULT_SEED, DEFAULT_TEXT_FIELD, cache)
 
 
 def _conditions(cfg: RecBenchConfig, generated_keys: list[tuple[str, str]]) -> list[C.Condition]:
