@@ -43,14 +43,13 @@ def parse_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
     from omegaconf import OmegaConf
 
-    from mmpc_rl.config import TOP_LEVEL
+    from mmpc_rl.config import TOP_LEVEL, parse_overrides
 
     names = [f.name for f in dataclasses.fields(BenchOptions)]
-    given, overrides = {}, []
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"arguments are key=value pairs, got {arg!r} (e.g. recipe=i2t steps=5 shape=tiny)")
-        key = arg.split("=", 1)[0].lstrip("+")
+    recipe, pairs = parse_overrides(argv)  # `recipe=` is a bench option here, like the others
+    given, overrides = ({"recipe": recipe} if recipe is not None else {}), []
+    for arg in pairs:
+        key = arg.split("=", 1)[0]
         if "." in key and key.split(".")[0] in TOP_LEVEL:
             overrides.append(arg)
         elif key in names:
@@ -130,16 +129,14 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
     from datasets import Dataset, Image
     from PIL import Image as PILImage
 
+    from mmpc_rl.training import task_rows
+
     rng = np.random.default_rng(seed)
     titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]
-    rows = {"prompt": [], "image": [], "title": [], "parent_asin": [], "category": []}
-    for i in range(n):
-        item = {"title": titles[i % 2], "parent_asin": f"B{i:09d}", "category": "Bench"}
-        rows["prompt"].append(task.messages(item))
-        rows["image"].append(PILImage.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)))
-        for k in ("title", "parent_asin", "category"):
-            rows[k].append(item[k])
-    return Dataset.from_dict(rows).cast_column("image", Image())
+    items = [{"title": titles[i % 2], "parent_asin": f"B{i:09d}", "category": "Bench",
+              "image": PILImage.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8))}
+             for i in range(n)]
+    return Dataset.from_dict(task_rows(task, items)).cast_column("image", Image())
 
 
 def stub_reward(completion_ids, **_):

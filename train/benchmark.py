@@ -98,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         chosen = active_rewards(cfg)
         rewards = build_rewards(chosen, task, RewardContext(output_dir=opts.out))
         weights = [float(o.get("weight", 1.0)) for o in chosen.values()]
+    user_keys = tuple(o.split("=", 1)[0] for o in overrides)
     for arm in opts.arms:
         if arm in results["arms"]:
             continue
         print(f"mmpc-rl: benchmark arm {arm!r}: {opts.warmup} warm-up + {opts.steps} measured steps")
         results["arms"][arm] = bench.run_arm(arm, cfg, opts, processor=processor, dataset=dataset, rewards=rewards,
                                              reward_weights=weights, device=device, dtype=dtype, group=group,
-                                             user_keys=tuple(o.split("=", 1)[0].lstrip("+") for o in overrides))
+                                             user_keys=user_keys)
         atomic_write_json(path, results)  # a kill loses at most the arm in progress
     results["ratio"] = ratios(results["arms"])
     atomic_write_json(path, results)
