@@ -8,22 +8,28 @@ epochs (a run always takes at least 21).
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from mmpc_rl.config import parse_overrides
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.io import atomic_write_json
 from mmpc_rl.recbench.data import load_category
-from mmpc_rl.recbench.models import GRIDS, MODELS
+from mmpc_rl.recbench.models import MODELS
 from mmpc_rl.recbench.synthetic import make_category, random_features
-from mmpc_rl.recbench.trainer import NegativeSampler, TrainConfig, _evaluate, make_evaluators, seed_everything
+from mmpc_rl.recbench.trainer import (
+    NegativeSampler,
+    TrainConfig,
+    _evaluate,
+    grid_points,
+    make_evaluators,
+    seed_everything,
+    train_epoch,
+)
 
 DEFAULTS = {"users": 25500, "items": 3500, "interactions": 190000, "epochs": 2, "device": "auto", "out": None,
             "est_epochs": 60, "models": "VBPR,BM3,FREEDOM", "threads": None}
@@ -51,19 +57,10 @@ def measure(opts: dict) -> dict:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
         sampler = NegativeSampler(data) if model.uses_negatives else None
         epoch_secs = []
-        for _ in range(int(opts["epochs"])):
+        for epoch in range(int(opts["epochs"])):
             _sync(device)
             t0 = time.perf_counter()
-            model.train()
-            model.pre_epoch()
-            pairs = data.train[torch.randperm(len(data.train)).numpy()]
-            if sampler is not None:
-                pairs = np.column_stack([pairs, sampler.sample(pairs[:, 0])])
-            for batch in torch.as_tensor(pairs, device=device).split(cfg.batch_size):
-                loss = model.loss(batch)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            train_epoch(model, data, sampler, opt, cfg, device, name, epoch)  # the loop train_one runs
             _sync(device)
             epoch_secs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -71,7 +68,7 @@ def measure(opts: dict) -> dict:
         _sync(device)
         eval_sec = time.perf_counter() - t0
         per_epoch = sum(epoch_secs) / len(epoch_secs)
-        n_grid = len(list(itertools.product(*GRIDS[name].values())))
+        n_grid = len(grid_points(name))
         est = n_grid * int(opts["est_epochs"]) * (per_epoch + eval_sec)
         report["models"][name] = {"build_sec": round(build, 3), "sec_per_epoch": round(per_epoch, 3),
                                   "sec_per_eval": round(eval_sec, 3), "grid_points": n_grid,

@@ -76,6 +76,27 @@ def _evaluate(model, evaluator: Evaluator) -> dict[str, float]:
     return evaluator.evaluate(lambda users: user_table[users] @ item_table.T)
 
 
+def train_epoch(model, data: RecData, sampler: NegativeSampler | None, opt, cfg: TrainConfig, device: torch.device,
+                name: str, epoch: int) -> float:
+    """One epoch as MMRec trains it: shuffled training pairs (+ a negative each), mini-batches; the mean loss."""
+    model.train()
+    model.pre_epoch()
+    pairs = data.train[np.random.permutation(len(data.train))]
+    if sampler is not None:
+        pairs = np.column_stack([pairs, sampler.sample(pairs[:, 0])])
+    batches = torch.as_tensor(pairs, dtype=torch.long, device=device).split(cfg.batch_size)
+    total = 0.0
+    for batch in batches:
+        loss = model.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    return total / max(len(batches), 1)
+
+
 def train_one(model_name: str, data: RecData, text: torch.Tensor | None, image: torch.Tensor | None,
               hyper: dict, cfg: TrainConfig, device: torch.device, evaluators: tuple[Evaluator, Evaluator],
               model_kwargs: dict | None = None, progress=None) -> dict:
@@ -93,22 +114,7 @@ def train_one(model_name: str, data: RecData, text: torch.Tensor | None, image: 
     cur_step, train_secs, eval_secs, eval_count, epoch = 0, 0.0, 0.0, 0, -1
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        model.pre_epoch()
-        order = np.random.permutation(len(data.train))
-        pairs = data.train[order]
-        if sampler is not None:
-            pairs = np.column_stack([pairs, sampler.sample(pairs[:, 0])])
-        batches = torch.as_tensor(pairs, dtype=torch.long, device=device).split(cfg.batch_size)
-        total = 0.0
-        for batch in batches:
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{model_name} {hyper}: loss became {loss.item()} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
+        mean_loss = train_epoch(model, data, sampler, opt, cfg, device, f"{model_name} {hyper}", epoch)
         train_secs += time.perf_counter() - t0
         t0 = time.perf_counter()
         valid = _evaluate(model, valid_eval)
@@ -121,7 +127,7 @@ def train_one(model_name: str, data: RecData, text: torch.Tensor | None, image: 
         else:
             cur_step += 1
         if progress is not None:
-            progress(epoch, total / max(len(batches), 1), valid[VALID_METRIC], best["valid_score"])
+            progress(epoch, mean_loss, valid[VALID_METRIC], best["valid_score"])
         if cur_step > cfg.stopping_step:
             break
     return {"hyper": hyper, "best_epoch": best["epoch"], "epochs_run": epoch + 1, "valid": best["valid"],
