@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mmpc_rl.data import recsel
 from mmpc_rl.data.images import ImageCache
-from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, find_file, scan_meta
+from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, find_file, resolve_categories, scan_meta
 from mmpc_rl.data.schema import TEXT_FIELDS
 from mmpc_rl.data.select import seeded_order, set_sizes
 from mmpc_rl.errors import ConfigError, DataError
@@ -179,18 +179,18 @@ def build(**kwargs) -> Path:
         raise DataError(f"source folder {opts['source']} does not exist")
     cats = opts["categories"]
     if cats is None and opts["source"] != "hub":  # a folder holding some of the nine: those it holds
-        cats = [c for c in CATEGORIES if c in categories_in(Path(str(opts["source"])).expanduser())]
+        found = set(categories_in(Path(str(opts["source"])).expanduser()))
+        cats = [c for c in CATEGORIES if c in found]
         if not cats:
             raise DataError(f"no meta_<Category>.jsonl[.gz] of the nine categories in {opts['source']}")
     elif cats is None:
         cats = list(CATEGORIES)
     elif isinstance(cats, str):
         cats = [c.strip() for c in cats.strip("[]").split(",") if c.strip()]
-    from mmpc_rl.data.reader import resolve_categories
-
     cats = resolve_categories(Path("."), list(cats))
-    for cat in cats:  # fail before any work, not after an hour on the first category
-        locate(str(opts["source"]), cat) if opts["source"] != "hub" else None
+    if opts["source"] != "hub":
+        for cat in cats:  # fail before any work, not after an hour on the first category
+            locate(str(opts["source"]), cat)
     out = Path(str(opts["out"])).expanduser()
     opts["out"] = out
     cache = ImageCache(opts["image_cache"] or out / "images", timeout=float(opts["timeout"]),

@@ -152,7 +152,7 @@ def _category_items(cat: str, seed: int, url: str) -> tuple[list[dict], dict[str
             title = noun[:4]
         elif kind == "blank":
             title = "   "
-        images = _images(url, asin, "none" if kind == "none" else kind if kind.startswith("pt01") else "main")
+        images = _images(url, asin, kind)  # kinds other than none/pt01_* have a MAIN image
         if kind == "nolarge":
             images[0]["large"] = None
         if kind not in ("none", "nolarge"):
