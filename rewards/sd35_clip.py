@@ -101,24 +101,18 @@ class SD35ClipReward:
             keys = [] if text is None else [(text, render_seed(item, k, self.seed)) for k in range(self.num_images)]
             job_of.append([jobs.setdefault(key, len(jobs)) for key in keys])
         unique = list(jobs)
-        renders = self.renderer.render([p for p, _ in unique], [s for _, s in unique], height=self.height,
-                                       width=self.width, output_type="pt" if self.preprocess == "tensor" else "pil",
-                                       **self.render_kwargs) if unique else []
-        if len(unique) == 0:
-            embeds = torch.empty(0)
-        elif self.preprocess == "tensor":
-            embeds = self.embedder.embed_tensors(renders)
-        else:
-            embeds = self.embedder.embed(renders)
+        renders, embeds, seconds = [], torch.empty(0), 0.0
+        if unique:
+            out_type = "pt" if self.preprocess == "tensor" else "pil"
+            renders = self.renderer.render([p for p, _ in unique], [s for _, s in unique], height=self.height,
+                                           width=self.width, output_type=out_type, **self.render_kwargs)
+            embeds = (self.embedder.embed_tensors if self.preprocess == "tensor" else self.embedder.embed)(renders)
+            seconds = self.renderer.last_seconds
         real = {str(i): self._real_embedding(str(i), img) for i, img in zip(ids, columns[self.reference_column],
                                                                              strict=True)}
-        job_item = {}
-        for i, job_list in enumerate(job_of):
-            for j in job_list:
-                job_item[j] = str(ids[i])
+        job_item = {j: str(item) for js, item in zip(job_of, ids, strict=True) for j in js}
         scores = [float((embeds[j] * real[job_item[j]]).sum()) for j in range(len(unique))]
         rewards = [sum(scores[j] for j in js) / len(js) if js else self.unparsed_score for js in job_of]
-        seconds = self.renderer.last_seconds if unique else 0.0
         if isinstance(renders, torch.Tensor):
             renders = renders.cpu()  # kept for the panel and the table only: not ~0.8 GB on the GPU until next step
         self.last = {"renders": renders, "scores": scores, "job_of": job_of, "rewards": rewards, "ids": ids,
