@@ -14,7 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.errors import ConfigError
 
 
 @dataclass
@@ -98,18 +98,12 @@ def main(argv: list[str]) -> int:
     import platform
 
     import torch
-    from omegaconf import OmegaConf
 
+    from mmpc_rl.config import parse_options
     from mmpc_rl.data import load_items
     from mmpc_rl.io import atomic_write_json
 
-    valid = [f.name for f in dataclasses.fields(SpeedConfig)]
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg or key not in valid:
-            raise ConfigError(f"unknown option {arg!r}" + did_you_mean(key, valid))
-    cfg = SpeedConfig(**OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SpeedConfig),
-                                                               OmegaConf.from_dotlist(argv))))
+    cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed", noun="option")
     pool = load_items(cfg.data, split="cqbench")
     if not pool:
         raise ConfigError(f"no items in {cfg.data}")

@@ -1,32 +1,38 @@
 """Recipes: `recipes/base.yaml` <- `recipes/<name>.yaml` (which may `inherit:` another recipe) <- CLI `key=value`.
 
-Every section is validated against the object it becomes, so a typo fails at once with the valid choices:
-`model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig, `rewards` -> the reward registry
-(each entry's options against its factory's signature), `data` -> DataConfig, `eval` -> EvalConfig, `wandb` ->
-WandbConfig. Objects are built from plain Python containers (`OmegaConf.to_container`).
+The YAML tree is merged once, here, into a frozen, typed `Recipe` that is handed down; nothing below the entry point
+reads the raw tree. Every section is checked against the object it becomes, so a typo fails at once with the valid
+choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig, `data` -> DataConfig,
+`eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by the reward package
+(`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
+
+`parse_options` is the one `key=value` parser: recipes and every subcommand's options go through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.io import atomic_write_text
 
 TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-TOP_LEVEL = ("recipe", "inherit", "task", "model", "lora", "trainer", "rewards", "data", "eval", "wandb")
+SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "wandb")
+TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     dtype: str = "bfloat16"
@@ -38,7 +44,7 @@ class ModelConfig:
     max_pixels: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     path: str = "sample"  # "sample" (bundled catalog), a raw Amazon-2023 folder, or a `mmpc-rl data build` output
     categories: list[str] | None = None  # None: every category found
@@ -50,7 +56,7 @@ class DataConfig:
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     enabled: bool = False  # CQBench before and after training (the callback)
     every_n_steps: int | None = None
@@ -65,7 +71,7 @@ class EvalConfig:
     clip: str | None = None  # CLIP ViT-B/32 weights (t2i)
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     project: str = "mmpc-rl"
     name: str | None = None
@@ -75,6 +81,142 @@ class WandbConfig:
 
 
 SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "wandb": WandbConfig}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated run: typed sections, plus the `lora`, `trainer` and `rewards` mappings checked against
+    peft.LoraConfig, trl.GRPOConfig and the reward registry. Read-only: derive a variant with `replace`."""
+
+    name: str
+    task: str
+    model: ModelConfig
+    lora: Mapping[str, Any]  # peft.LoraConfig kwargs; empty: full fine-tuning
+    trainer: Mapping[str, Any]  # trl.GRPOConfig kwargs (reward weights come from `rewards`)
+    rewards: Mapping[str, Mapping[str, Any]]  # name -> {weight, factory options}, in recipe order
+    data: DataConfig
+    eval: EvalConfig
+    wandb: WandbConfig
+
+    @property
+    def reward_weights(self) -> list[float]:
+        return [float(opts.get("weight", 1.0)) for opts in self.rewards.values()]
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with whole sections replaced; `trainer={...}` merges into the trainer mapping."""
+        if "trainer" in changes:
+            changes["trainer"] = _frozen({**self.trainer, **changes["trainer"]})
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers, in the YAML's shape (what config.yaml and the W&B run config hold)."""
+        out: dict[str, Any] = {"recipe": self.name, "task": self.task}
+        for name in SECTIONS:
+            value = getattr(self, name)
+            out[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _thaw(value)
+        return out
+
+
+class FrozenMap(Mapping):
+    """A read-only mapping whose keys also read as attributes (`recipe.trainer.beta`, `recipe.trainer["beta"]`)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping):
+        object.__setattr__(self, "_data", MappingProxyType(dict(data)))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"recipes are read-only: use Recipe.replace (tried to set {key!r})")
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self._data)!r})"
+
+
+def _frozen(d: Mapping) -> FrozenMap:
+    return FrozenMap({k: (_frozen(v) if isinstance(v, Mapping) else v) for k, v in d.items()})
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------- key=value
+def split_pairs(argv: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("="):
+            raise ConfigError(f"arguments are key=value pairs, got {arg!r} (e.g. recipe=i2t trainer.max_steps=10)")
+        key, value = arg.split("=", 1)
+        pairs.append((key.lstrip("+"), value))
+    return pairs
+
+
+def _typed(pairs: list[tuple[str, str]]) -> dict:
+    """YAML-typed values for dotted keys. A reward named by dotted path (`rewards.pkg.mod:fn.weight=1`) keeps its
+    dots: OmegaConf would split it into nested keys."""
+    plain = [f"{k}={v}" for k, v in pairs if not (k.startswith("rewards.") and ":" in k)]
+    try:
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(plain), resolve=False)
+        for key, value in pairs:
+            if key.startswith("rewards.") and ":" in key:
+                head, _, tail = key[len("rewards."):].partition(":")
+                fn, _, rest = tail.partition(".")
+                typed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]), resolve=False)["v"]
+                node = tree.setdefault("rewards", {}).setdefault(f"{head}:{fn}", {})
+                if rest:
+                    node[rest] = typed
+                else:
+                    tree["rewards"][f"{head}:{fn}"] = typed
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
+    return tree
+
+
+def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = False, noun: str = "key"):
+    """`key=value` arguments as the `schema` dataclass, typed by OmegaConf: an unknown key names the valid ones, a
+    value of the wrong type is one line. Dotted keys (`grid.VBPR.reg_weight=[0.1]`) reach mappings.
+
+    With `recipe_keys`, `section.key=value` pairs for a recipe section (and `recipe=` when the schema has no field of
+    that name) are returned apart, as overrides for `load_recipe`: `(options, overrides)`. `noun` names an argument
+    in errors ("unknown key 'x'" / "unknown option 'x'"), as each subcommand has always said it."""
+    valid = [f.name for f in dataclasses.fields(schema)]
+    given, overrides = [], []
+    for key, value in split_pairs(argv):
+        top = key.split(".", 1)[0]
+        if top in valid:
+            given.append((key, value))
+        elif recipe_keys and (top in TOP_LEVEL and ("." in key or top in ("recipe", "task"))):
+            overrides.append(f"{key}={value}")
+        elif top == "recipe":
+            raise ConfigError(f"{command} takes no recipe=; pass its options as key=value")
+        else:
+            hint = "; recipe keys go as section.key=value (e.g. trainer.beta=0.0)" if recipe_keys else ""
+            raise ConfigError(f"unknown {noun} {top!r}" + did_you_mean(top, valid) + hint)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), _typed(given))
+        opts = schema(**OmegaConf.to_container(merged, resolve=True))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
+    return (opts, overrides) if recipe_keys else opts
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -117,64 +259,31 @@ def _compose(name: str, seen: tuple[str, ...] = ()) -> DictConfig:
     return OmegaConf.merge(below, cfg)
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
-    recipe, overrides = None, []
-    for arg in argv:
-        if "=" not in arg or arg.startswith("="):
-            raise ConfigError(f"arguments are key=value pairs, got {arg!r} (e.g. recipe=i2t trainer.max_steps=10)")
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+")
-        if key == "recipe":
-            recipe = value
-        else:
-            overrides.append(f"{key}={value}")
-    return recipe, overrides
-
-
-def parse_options(schema, argv: list[str], command: str):
-    """A subcommand's `key=value` options as its `schema` dataclass, typed by OmegaConf: an unknown key names the
-    valid ones, a value of the wrong type is one line. Dotted keys (`grid.VBPR.reg_weight=[0.1]`) reach mappings."""
-    recipe, overrides = parse_overrides(argv)
-    if recipe is not None:
-        raise ConfigError(f"{command} takes no recipe=; pass its options as key=value")
-    valid = [f.name for f in dataclasses.fields(schema)]
-    for item in overrides:
-        key = item.split("=", 1)[0].split(".", 1)[0]
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r}" + did_you_mean(key, valid))
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
-    return schema(**OmegaConf.to_container(merged, resolve=True))
-
-
-def load_recipe(argv: list[str] | None = None, default: str | None = None) -> DictConfig:
-    """Compose base <- recipe <- overrides, validate every section, and return the DictConfig."""
-    recipe, overrides = parse_overrides(list(argv or []))
-    recipe = recipe or default
+def load_recipe(argv: list[str] | None = None, default: str | None = None) -> Recipe:
+    """Compose base <- recipe <- overrides, validate every section but `rewards`' options, and build the Recipe."""
+    pairs = split_pairs(list(argv or []))
+    recipe = next((v for k, v in reversed(pairs) if k == "recipe"), None) or default
     if recipe is None:
         raise ConfigError("no recipe given: add recipe=NAME; valid choices: " + ", ".join(list_recipes()))
-    cfg = _compose(recipe)
+    tree = _compose(recipe)
     try:
-        cli = OmegaConf.from_dotlist(overrides)
-        cfg = OmegaConf.merge(cfg, cli)
+        tree = OmegaConf.merge(tree, _typed([(k, v) for k, v in pairs if k != "recipe"]))
+        tree.recipe = recipe
+        raw = OmegaConf.to_container(tree, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {e}") from None
-    cfg.recipe = recipe
-    validate(cfg)
-    return cfg
+        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    return build_recipe(raw)
 
 
 # -------------------------------------------------------------------------------------------- validation
-def _check_keys(section: str, given: dict, valid: list[str]) -> None:
+def _check_keys(section: str, given: Mapping, valid: list[str]) -> None:
     for key in given:
         if key not in valid:
             raise ConfigError(f"unknown key {section}.{key}" + did_you_mean(str(key), valid))
 
 
 def grpo_fields() -> list[str]:
-    from trl import GRPOConfig
+    from trl import GRPOConfig  # TRL costs seconds to import: only when a recipe is checked
 
     return [f.name for f in dataclasses.fields(GRPOConfig) if f.init]
 
@@ -185,83 +294,64 @@ def lora_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(LoraConfig) if f.init]
 
 
-def to_dict(node: Any) -> Any:
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+def _mapping(name: str, value: Any) -> dict:
+    value = value or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"section {name!r} must be a mapping, got {value!r}")
+    return value
 
 
-def validate(cfg: DictConfig) -> None:
-    _check_keys("recipe", {k: None for k in cfg}, list(TOP_LEVEL))
-    if cfg.get("task") not in TASKS:
-        raise ConfigError(f"unknown task {cfg.get('task')!r}; valid choices: {', '.join(TASKS)}")
+def build_recipe(raw: dict) -> Recipe:
+    """The Recipe for a composed, resolved tree of plain containers."""
+    _check_keys("recipe", raw, list(TOP_LEVEL))
+    if raw.get("task") not in TASKS:
+        raise ConfigError(f"unknown task {raw.get('task')!r}; valid choices: {', '.join(TASKS)}")
+    sections = {}
     for name, schema in SECTION_SCHEMAS.items():
-        given = to_dict(cfg.get(name)) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"section {name!r} must be a mapping, got {given!r}")
+        given = _mapping(name, raw.get(name))
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
-    if cfg.model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={cfg.model.dtype!r}; valid choices: {', '.join(DTYPES)}")
-    _check_keys("lora", to_dict(cfg.get("lora")) or {}, lora_fields())
-    trainer = to_dict(cfg.get("trainer")) or {}
+        sections[name] = schema(**given)
+    if sections["model"].dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
+    lora = _mapping("lora", raw.get("lora"))
+    _check_keys("lora", lora, lora_fields())
+    trainer = _mapping("trainer", raw.get("trainer"))
     _check_keys("trainer", trainer, grpo_fields())
     if "reward_weights" in trainer:
         raise ConfigError("set reward weights as rewards.<name>.weight, not trainer.reward_weights")
     if not trainer.get("output_dir"):
         raise ConfigError("trainer.output_dir is required")
-    validate_rewards(cfg)
-
-
-def validate_rewards(cfg: DictConfig) -> None:
-    from mmpc_rl.rewards import REGISTRY
-
-    rewards = active_rewards(cfg)
-    if not rewards:
-        raise ConfigError("the recipe names no reward; valid choices: " + ", ".join(sorted(REGISTRY)))
-    for name, opts in rewards.items():
-        if name not in REGISTRY:
-            raise ConfigError(f"unknown reward {name!r}" + did_you_mean(name, REGISTRY))
-        spec = REGISTRY[name]
-        if spec.tasks and cfg.task not in spec.tasks:
-            raise ConfigError(f"reward {name!r} is for task(s) {', '.join(spec.tasks)}, not {cfg.task!r}")
-        params = inspect.signature(spec.factory).parameters
-        valid = ["weight"] + [p for p in params if p not in ("task", "context")]
-        _check_keys(f"rewards.{name}", opts, valid)
-        if not isinstance(opts.get("weight", 1.0), (int, float)):
+    rewards = {}
+    for name, opts in _mapping("rewards", raw.get("rewards")).items():
+        if opts is None:  # `rewards.<name>=null` drops one
+            continue
+        opts = _mapping(f"rewards.{name}", opts)
+        if not isinstance(opts.get("weight", 1.0), (int, float)) or isinstance(opts.get("weight"), bool):
             raise ConfigError(f"rewards.{name}.weight must be a number, got {opts['weight']!r}")
-
-
-def active_rewards(cfg: DictConfig) -> dict[str, dict]:
-    """Rewards in recipe order; `rewards.<name>=null` removes one."""
-    rewards = to_dict(cfg.get("rewards")) or {}
-    return {name: dict(opts or {}) for name, opts in rewards.items() if opts is not None}
+        rewards[str(name)] = opts
+    return Recipe(name=str(raw.get("recipe")), task=raw["task"], lora=_frozen(lora), trainer=_frozen(trainer),
+                  rewards=_frozen(rewards), **sections)
 
 
 # ----------------------------------------------------------------------------------------------- building
-def section(cfg: DictConfig, name: str):
-    """A validated section as its dataclass (model, data, eval, wandb)."""
-    return SECTION_SCHEMAS[name](**(to_dict(cfg.get(name)) or {}))
-
-
-def build_lora_config(cfg: DictConfig):
+def build_lora_config(recipe: Recipe):
     from peft import LoraConfig
 
-    opts = to_dict(cfg.get("lora"))
-    if not opts:
+    if not recipe.lora:
         return None
     try:
-        return LoraConfig(**opts)
+        return LoraConfig(**_thaw(recipe.lora))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"lora: {e}") from None
 
 
-def build_grpo_config(cfg: DictConfig):
+def build_grpo_config(recipe: Recipe):
     """trl.GRPOConfig from `trainer`, with reward weights from `rewards.<name>.weight` in recipe order."""
     import torch
     from trl import GRPOConfig
 
-    opts = dict(to_dict(cfg.trainer))
-    opts["reward_weights"] = [float(o.get("weight", 1.0)) for o in active_rewards(cfg).values()]
+    opts = _thaw(recipe.trainer)
+    opts["reward_weights"] = recipe.reward_weights
     if not torch.cuda.is_available() and not opts.get("use_cpu"):
         # TRL would stop with "Your setup doesn't support bf16/gpu"; a CPU run of a real recipe is what a
         # user without a GPU means (e.g. a tiny local model), so say so and go on.
@@ -291,10 +381,8 @@ def scrub(node: Any) -> Any:
     return node
 
 
-def save_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
-    from mmpc_rl.io import atomic_write_text
-
+def save_config(recipe: Recipe, output_dir: str | os.PathLike) -> Path:
     path = Path(output_dir) / "config.yaml"
-    text = OmegaConf.to_yaml(OmegaConf.create(scrub(to_dict(cfg))))
+    text = OmegaConf.to_yaml(OmegaConf.create(scrub(recipe.to_dict())))
     atomic_write_text(path, text)
     return path

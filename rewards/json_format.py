@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from mmpc_rl.rewards import register
+from mmpc_rl.rewards.registry import register
 from mmpc_rl.tasks import completion_text
 
 OK, WRONG_SHAPE, FAIL = 1.0, 0.5, 0.0

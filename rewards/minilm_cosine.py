@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from mmpc_rl.rewards import register
+from mmpc_rl.rewards.registry import register
 from mmpc_rl.tasks import completion_text
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

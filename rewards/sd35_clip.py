@@ -29,7 +29,7 @@ import torch
 from mmpc_rl.clip import DEFAULT_CLIP
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.render import DEFAULT_SD
-from mmpc_rl.rewards import Reward, register
+from mmpc_rl.rewards.registry import Reward, register
 from mmpc_rl.tasks import completion_text
 
 
@@ -49,7 +49,7 @@ class SD35ClipReward:
                  num_inference_steps: int = 4, guidance_scale: float = 0.0, max_sequence_length: int = 512,
                  seed: int = 0, unparsed: str = "zero", reference_column: str = "reference_image",
                  id_column: str = "parent_asin", preprocess: str = "tensor", log_images_every: int = 50,
-                 output_dir: str | None = None):
+                 output_dir: str | None = None, main_process: bool = True):
         if num_images < 1:
             raise ConfigError(f"rewards.sd35_clip.num_images must be >= 1, got {num_images}")
         if unparsed not in ("zero", "raw", "none"):
@@ -63,7 +63,7 @@ class SD35ClipReward:
         self.seed, self.unparsed = seed, unparsed
         self.unparsed_score = None if unparsed == "none" else 0.0
         self.reference_column, self.id_column, self.preprocess = reference_column, id_column, preprocess
-        self.log_images_every, self.output_dir = log_images_every, output_dir
+        self.log_images_every, self.output_dir, self.main_process = log_images_every, output_dir, main_process
         self._real: dict[str, torch.Tensor] = {}  # item id -> CLIP embedding of the real image (fixed all run)
         self._lock = threading.Lock()
         self._last_panel_step = -1
@@ -121,6 +121,22 @@ class SD35ClipReward:
         return rewards
 
     # --------------------------------------------------------------------------------------------- monitoring
+    def media(self) -> dict[str, list]:
+        """The last call's renders, per completion: {"render": [[images of completion i], ...]} (PIL images or CHW
+        tensors in [0, 1]), for the completions table."""
+        if not self.last.get("job_of"):
+            return {}
+        renders = self.last["renders"]
+        return {"render": [[renders[j] for j in jobs] for jobs in self.last["job_of"]]}
+
+    def render_fn(self):
+        """(prompts, seeds) -> images with this reward's pipeline and render settings (CQBench in training renders
+        with the same model, so the ~28 GB pipeline is loaded once)."""
+        def render(prompts: list[str], seeds: list[int]):
+            return self.renderer.render(prompts, seeds, height=self.height, width=self.width, **self.render_kwargs)
+
+        return render
+
     def _log(self, columns: dict, n: int, n_unique: int, seconds: float, texts: list) -> None:
         log_metric = columns.get("log_metric")
         if callable(log_metric):
@@ -134,7 +150,7 @@ class SD35ClipReward:
         state = columns.get("trainer_state")
         step = int(getattr(state, "global_step", 0) or 0)
         if (self.log_images_every and step % self.log_images_every == 0 and step != self._last_panel_step
-                and int(os.environ.get("RANK", "0")) == 0):
+                and self.main_process):
             self._last_panel_step = step
             self.log_panel(columns[self.reference_column], step)
 
@@ -224,5 +240,6 @@ def sd35_clip(task, context=None, model: str = DEFAULT_SD, clip: str = DEFAULT_C
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         max_sequence_length=max_sequence_length, seed=seed, unparsed=unparsed,
                         reference_column=reference_column, id_column=id_column, preprocess=preprocess,
-                        log_images_every=log_images_every, output_dir=context.output_dir if context else None)
+                        log_images_every=log_images_every, output_dir=context.output_dir if context else None,
+                        main_process=context.is_main_process if context else True)
     return Reward("sd35_clip", fn)

@@ -45,16 +45,16 @@ def test_hub_id_without_network(capsys, tmp_path, sample_catalog):
 
 
 def test_row_without_image_or_reference(monkeypatch):
-    import mmpc_rl.data
     from mmpc_rl.config import load_recipe
     from mmpc_rl.errors import DataError
     from mmpc_rl.tasks import get_task
-    from mmpc_rl.training import build_dataset
+    from mmpc_rl.train import builder
+    from mmpc_rl.train.builder import build_dataset
 
     items = [{"parent_asin": "A1", "title": "Red kite", "image": "/x.png", "category": "Toys_and_Games"},
              {"parent_asin": "A2", "title": "", "image": "/y.png", "category": "Toys_and_Games"},
              {"parent_asin": "A3", "title": "Blue kite", "image": None, "category": "Toys_and_Games"}]
-    monkeypatch.setattr(mmpc_rl.data, "load_items", lambda *a, **k: items)
+    monkeypatch.setattr(builder, "load_items", lambda *a, **k: items)
     with pytest.raises(DataError, match=r"2 items lack an image or a title \(e.g. \['A2', 'A3'\]\)"):
         build_dataset(load_recipe(["recipe=demo-i2t"]), get_task("i2t"))
 
@@ -63,8 +63,8 @@ def test_image_that_does_not_decode_is_a_counted_skip(tmp_path, capsys):
     from datasets import Dataset, Image
     from PIL import Image as PILImage
 
+    from mmpc_rl.data.skips import drop_undecodable_images
     from mmpc_rl.errors import DataError
-    from mmpc_rl.monitoring import drop_undecodable_images
 
     good = tmp_path / "good.png"
     PILImage.new("RGB", (4, 4), "red").save(good)
@@ -108,9 +108,9 @@ def test_empty_completion_scores_zero_without_error(rewards):
 def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
     import wandb
 
-    from mmpc_rl import monitoring
     from mmpc_rl.config import load_recipe
     from mmpc_rl.errors import ConfigError
+    from mmpc_rl.train.callbacks import init_wandb
 
     def no_key(**_):
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
@@ -118,4 +118,4 @@ def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(wandb, "init", no_key)
     args = SimpleNamespace(report_to=["wandb"], process_index=0, output_dir=str(tmp_path), run_name=None)
     with pytest.raises(ConfigError, match=r"^W&B: No API key configured\..*WANDB_MODE=offline"):
-        monitoring.init_wandb(load_recipe(["recipe=demo-i2t"]), args)
+        init_wandb(load_recipe(["recipe=demo-i2t"]), args)

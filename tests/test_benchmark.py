@@ -1,4 +1,4 @@
-"""train/benchmark.py and mmpc_rl/bench.py: both arms end to end on the tiny shape (CPU), forced completion length,
+"""train/benchmark.py and train/speed.py: both arms end to end on the tiny shape (CPU), forced completion length,
 arm settings, the real shape's size, the results file, resume, and option errors."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from mmpc_rl import bench
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.train import benchmark
+from mmpc_rl.train import speed as bench
 
 G, T = 2, 4
 TINY = ["recipe=i2t", "shape=tiny", "steps=2", "warmup=1", f"new_tokens={T}", f"num_generations={G}",
@@ -115,7 +115,7 @@ def test_option_errors_are_one_line_config_errors(argv, needle):
 
 
 def test_recipe_overrides_pass_through():
-    opts, overrides = bench.parse_options(["steps=3", "lora.r=8", "trainer.beta=0.0", "arms=plain"])
+    opts, overrides = bench.parse_bench_options(["steps=3", "lora.r=8", "trainer.beta=0.0", "arms=plain"])
     assert (opts.steps, opts.arms, overrides) == (3, ["plain"], ["lora.r=8", "trainer.beta=0.0"])
 
 
@@ -124,7 +124,7 @@ def test_compiled_project_arm_settings():
 
     from mmpc_rl.config import load_recipe
 
-    opts, overrides = bench.parse_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2",
+    opts, overrides = bench.parse_bench_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2",
                                            "trainer.gradient_checkpointing=true"])
     cfg = load_recipe(["recipe=i2t", *overrides])
     args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmpc_rl.config import build_grpo_config, build_lora_config, list_recipes, load_recipe, save_config
+from mmpc_rl.config import build_grpo_config, build_lora_config, list_recipes, save_config
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.train.recipe import load_training_recipe as load_recipe
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -79,8 +80,8 @@ def test_trainer_value_errors_are_config_errors():
 
 
 def test_saved_config_is_resolved_and_scrubbed(tmp_path):
-    cfg = load_recipe(["recipe=demo-i2t", "wandb.name=run1"])
-    cfg.wandb["api_key"] = "sk-secret"  # a user pasting a key must not see it written to disk
+    # a user pasting a token on the command line must not see it written to disk
+    cfg = load_recipe(["recipe=demo-i2t", "wandb.name=run1", "trainer.hub_token=sk-secret"])
     text = save_config(cfg, tmp_path).read_text()
     assert "output_dir: outputs/demo-i2t" in text and "recipe: demo-i2t" in text
     assert "sk-secret" not in text and "<redacted>" in text

@@ -186,8 +186,8 @@ def test_adapter_folder_must_hold_an_adapter(tmp_path):
 # ------------------------------------------------------------------------------------------- training callback
 def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm):
     from mmpc_rl.config import load_recipe
-    from mmpc_rl.eval.callback import CQBenchCallback
-    from mmpc_rl.training import build_trainer
+    from mmpc_rl.train.builder import build_trainer
+    from mmpc_rl.train.cqbench import CQBenchCallback
 
     cfg = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "trainer.max_steps=2",
                        "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
@@ -236,7 +236,7 @@ def test_speed_harness_reports_both_modes(tmp_path, capsys):
     assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
     assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
     assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
-    with pytest.raises(ConfigError, match="unknown option 'itmes=4'"):
+    with pytest.raises(ConfigError, match="unknown option 'itmes' \\(did you mean 'items'\\?\\)"):
         speed.main(["itmes=4"])
 
 

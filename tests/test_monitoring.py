@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from mmpc_rl import monitoring
-from mmpc_rl.callbacks import CompletionsTable, MetricsLogger
 from mmpc_rl.io import read_jsonl
+from mmpc_rl.train import callbacks as monitoring_cb
+from mmpc_rl.train import curves, instrument
+from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger
 
 PROMPT = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (4, 4))},
                                        {"type": "text", "text": "Name it"}]}]
@@ -34,12 +35,12 @@ def test_instrumented_reward_keeps_name_times_itself_and_records_the_batch():
     lengthy.__name__ = "lengthy"
 
     def render(completions, **_):
-        monitoring.log_images("render", [[Image.new("RGB", (2, 2))] * 2 for _ in completions])
+        instrument.log_images("render", [[Image.new("RGB", (2, 2))] * 2 for _ in completions])
         return [0.5, None]
 
     render.__name__ = "render_sim"
-    rec = monitoring.CompletionRecorder()
-    wrapped = monitoring.instrument_rewards([lengthy, render], rec)
+    rec = instrument.CompletionRecorder()
+    wrapped = instrument.instrument_rewards([lengthy, render], rec)
     assert [w.__name__ for w in wrapped] == ["lengthy", "render_sim"]
     batch = _batch()
     kw = dict(batch, trainer_state=SimpleNamespace(global_step=3), log_metric=metrics.__setitem__, log_extra=None)
@@ -68,8 +69,8 @@ def test_trl_table_crashes_on_image_prompts_and_ours_does_not(tmp_path):
     with pytest.raises(TypeError, match="incompatible types"):
         wandb.Table(dataframe=trl_rows)
 
-    rec = monitoring.CompletionRecorder()
-    (reward,) = monitoring.instrument_rewards([lambda completions, **_: [0.25, 0.75]], rec)
+    rec = instrument.CompletionRecorder()
+    (reward,) = instrument.instrument_rewards([lambda completions, **_: [0.25, 0.75]], rec)
     reward(**batch)
     table = CompletionsTable(tmp_path, rec, every=1)
     columns, rows = table.rows(step=1)
@@ -87,12 +88,12 @@ def test_prepare_args_turns_off_trls_table_only_where_it_crashes():
     from mmpc_rl.tasks import get_task
 
     args = SimpleNamespace(log_completions=True, report_to=["wandb"])
-    monitoring.prepare_args(args, get_task("t2i"))
+    monitoring_cb.prepare_args(args, get_task("t2i"))
     assert args.log_completions is True  # text prompts: TRL's table works
-    monitoring.prepare_args(args, get_task("i2t"))
+    monitoring_cb.prepare_args(args, get_task("i2t"))
     assert args.log_completions is False
     args = SimpleNamespace(log_completions=True, report_to="none")
-    monitoring.prepare_args(args, get_task("i2t"))
+    monitoring_cb.prepare_args(args, get_task("i2t"))
     assert args.log_completions is True
 
 
@@ -114,18 +115,18 @@ def test_metrics_logger_drops_replayed_steps_on_resume_and_plots(tmp_path):
     recs = list(read_jsonl(log))
     assert [(r["step"], r["reward"]) for r in recs] == [(1, 0.1), (2, 0.2), (3, 0.9)]
     assert json.loads((tmp_path / "summary.json").read_text()) == {"cqbench/after/bertscore": 0.5}
-    png = monitoring.plot_curves(tmp_path)
+    png = curves.plot_curves(tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert monitoring.plot_curves(tmp_path / "nothing") is None
+    assert curves.plot_curves(tmp_path / "nothing") is None
 
 
 def test_curves_cli_one_line_errors(tmp_path):
     from mmpc_rl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="valid keys: out"):
-        monitoring.main([f"dir={tmp_path}"])
+        curves.main([f"dir={tmp_path}"])
     with pytest.raises(ConfigError, match="no training records"):
-        monitoring.main([f"out={tmp_path}"])
+        curves.main([f"out={tmp_path}"])
 
 
 # ------------------------------------------------------------------------------ a real offline W&B run of demo-i2t
@@ -217,7 +218,7 @@ def test_offline_run_leaves_curves_logs_and_no_secrets_or_pickles(offline_run):
 
 
 def test_text_to_image_renders_become_an_image_column(tmp_path):
-    """A reward that keeps its last renders (sd35_clip: `last = {"renders", "job_of"}`) fills a `render` column."""
+    """A reward that offers its last renders (sd35_clip: `Reward.media()`) fills a `render` column."""
     import torch
 
     class Renderer:
@@ -226,11 +227,14 @@ def test_text_to_image_renders_become_an_image_column(tmp_path):
         def __call__(self, completions, **_):
             red = torch.zeros(3, 2, 2)
             red[0] = 1.0
-            self.last = {"renders": [red, torch.ones(3, 2, 2)], "job_of": [[0, 1], []]}
+            self.renders = [[red, torch.ones(3, 2, 2)], []]
             return [0.3, None]
 
-    rec = monitoring.CompletionRecorder()
-    (reward,) = monitoring.instrument_rewards([Renderer()], rec)
+        def media(self):
+            return {"render": self.renders}
+
+    rec = instrument.CompletionRecorder()
+    (reward,) = instrument.instrument_rewards([Renderer()], rec)
     reward(prompts=[[{"role": "user", "content": "p"}]] * 2, completions=["a", "b"], text=["d0", "d1"])
     table = CompletionsTable(tmp_path, rec, every=1)
     columns, rows = table.rows(step=5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mmpc_rl.io import read_jsonl
-from mmpc_rl.resume import is_complete, last_complete_checkpoint
+from mmpc_rl.train.resume import is_complete, last_complete_checkpoint
 
 
 def _checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:

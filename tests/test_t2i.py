@@ -223,7 +223,7 @@ def test_metrics_and_panel(reward, real_images, tmp_path):
 # ------------------------------------------------------------------------------------------------- GRPO demo
 def test_demo_t2i_grpo_run_logs_both_rewards(renderer, embedder, tmp_path, sample_catalog):
     from mmpc_rl.config import load_recipe
-    from mmpc_rl.training import build_trainer
+    from mmpc_rl.train.builder import build_trainer
 
     cfg = load_recipe(["recipe=demo-t2i", f"trainer.output_dir={tmp_path}", "trainer.max_steps=2",
                        "trainer.save_steps=100", "trainer.per_device_train_batch_size=4",

@@ -26,7 +26,7 @@ def test_grpo_run_changes_lora_saves_a_reloadable_adapter_and_logs_rewards(tmp_p
     from transformers import AutoModelForImageTextToText
 
     from mmpc_rl.config import load_recipe
-    from mmpc_rl.training import build_trainer
+    from mmpc_rl.train.builder import build_trainer
 
     out = tmp_path / "run"
     cfg = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={out}", "trainer.max_steps=3", *FAST])
@@ -124,11 +124,11 @@ def test_hub_id_without_network_is_one_clear_line():
 
 
 def test_qlora_loads_the_policy_4bit_nf4_and_trains_a_step(tmp_path, tiny_qwen):
-    from mmpc_rl.config import load_recipe, section
+    from mmpc_rl.config import load_recipe
     from mmpc_rl.models import load_policy
 
     cfg = load_recipe(["recipe=demo-i2t", "model.qlora=true", "model.dtype=bfloat16"])
-    model, _ = load_policy(section(cfg, "model"), cpu=True)
+    model, _ = load_policy(cfg.model, cpu=True)
     q = model.config.quantization_config
     assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "nf4", True)
     assert str(q.bnb_4bit_compute_dtype).endswith("bfloat16")
@@ -172,7 +172,7 @@ def test_policy_placement_is_explicit_on_gpus():
     from accelerate.utils import DistributedType
 
     from mmpc_rl.config import ModelConfig
-    from mmpc_rl.training import policy_device_map
+    from mmpc_rl.train.builder import policy_device_map
 
     def args(kind):
         return SimpleNamespace(distributed_state=SimpleNamespace(distributed_type=kind, device="cuda:1"))

@@ -13,8 +13,15 @@ out/benchmark.json (each arm as it finishes; a rerun with the same options skips
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
+
+from mmpc_rl.errors import ConfigError, run_cli
+from mmpc_rl.io import atomic_write_json
+from mmpc_rl.train.recipe import load_training_recipe
+from mmpc_rl.train.speed import parse_bench_options
 
 
 def ratios(arms: dict) -> dict:
@@ -51,59 +58,48 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmpc_rl.bench import parse_options
-    from mmpc_rl.config import load_recipe
-    from mmpc_rl.errors import ConfigError
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, overrides = parse_options(argv)
-    cfg = load_recipe([f"recipe={opts.recipe}", *overrides])  # a bad key fails here, before the heavy imports
-    if cfg.task != "i2t":
-        raise ConfigError(f"the benchmark runs image->text recipes; recipe {opts.recipe!r} is task {cfg.task!r}")
+    opts, overrides = parse_bench_options(argv)
+    recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # fails here, before the heavy imports
+    if recipe.task != "i2t":
+        raise ConfigError(f"the benchmark runs image->text recipes; recipe {opts.recipe!r} is task {recipe.task!r}")
 
-    import dataclasses
+    import torch  # after the recipe checks: torch + the model stack cost seconds
 
-    import torch
-
-    from mmpc_rl import bench
-    from mmpc_rl.config import active_rewards
-    from mmpc_rl.io import atomic_write_json
     from mmpc_rl.models import torch_dtype
     from mmpc_rl.rewards import RewardContext, build_rewards
     from mmpc_rl.tasks import get_task
+    from mmpc_rl.train import speed as bench
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if opts.shape == "real" and device == "cpu":
         raise ConfigError("shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU; on CPU use shape=tiny")
-    group = int(opts.num_generations or cfg.trainer.get("num_generations") or 8)
-    dtype = torch_dtype(cfg.model.dtype if device == "cuda" and cfg.model.dtype != "auto" else "float32")
+    group = int(opts.num_generations or recipe.trainer.get("num_generations") or 8)
+    dtype = torch_dtype(recipe.model.dtype if device == "cuda" and recipe.model.dtype != "auto" else "float32")
     options = {**dataclasses.asdict(opts), "overrides": overrides}
     path = Path(opts.out) / "benchmark.json"
     results = {"options": options, "group": group, "env": bench.environment(device), "arms": {}}
     if path.is_file():
-        import json
-
         old = json.loads(path.read_text())
         if old.get("options") == options and old.get("env", {}).get("device") == device:
             results["arms"] = {a: r for a, r in old.get("arms", {}).items() if a in opts.arms}
             if results["arms"]:
                 print(f"mmpc-rl: resuming {path}: arm(s) {', '.join(results['arms'])} already measured")
 
-    task = get_task(cfg.task)
+    task = get_task(recipe.task)
     processor = bench.build_processor(opts.shape)
     dataset = bench.synthetic_dataset(task, 2 * (opts.warmup + opts.steps) + 2, opts.image_size, opts.seed)
     if opts.rewards == "stub":
         rewards, weights = [bench.stub_reward], [1.0]
     else:
-        chosen = active_rewards(cfg)
-        rewards = build_rewards(chosen, task, RewardContext(output_dir=opts.out))
-        weights = [float(o.get("weight", 1.0)) for o in chosen.values()]
+        reward_set = build_rewards(recipe.rewards, task, RewardContext(output_dir=opts.out))
+        rewards, weights = list(reward_set), list(reward_set.weights)
     user_keys = tuple(o.split("=", 1)[0] for o in overrides)
     for arm in opts.arms:
         if arm in results["arms"]:
             continue
         print(f"mmpc-rl: benchmark arm {arm!r}: {opts.warmup} warm-up + {opts.steps} measured steps")
-        results["arms"][arm] = bench.run_arm(arm, cfg, opts, processor=processor, dataset=dataset, rewards=rewards,
+        results["arms"][arm] = bench.run_arm(arm, recipe, opts, processor=processor, dataset=dataset, rewards=rewards,
                                              reward_weights=weights, device=device, dtype=dtype, group=group,
                                              user_keys=user_keys)
         atomic_write_json(path, results)  # a kill loses at most the arm in progress
@@ -115,6 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mmpc_rl.errors import run_cli
-
     sys.exit(run_cli(lambda: main(sys.argv[1:])))

@@ -16,40 +16,27 @@ from __future__ import annotations
 import sys
 import time
 
+from mmpc_rl.errors import run_cli
+from mmpc_rl.train.recipe import load_training_recipe
+from mmpc_rl.train.resume import resume_point
+
 DEMO_RECIPE = "demo-i2t"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmpc_rl.config import load_recipe
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_recipe(argv)  # fails in seconds on a bad recipe, key or reward, before the heavy imports
+    recipe = load_training_recipe(argv)  # fails in seconds on a bad recipe, key or reward
 
-    from mmpc_rl.training import build_trainer
+    from mmpc_rl.train.builder import build_trainer  # TRL and the model stack: ~8 s of imports, after the checks
 
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(recipe)
     t0 = time.time()
+    # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
     trainer.train(resume_from_checkpoint=resume_point(trainer.args))
-    trainer.save_model(trainer.args.output_dir)  # adapter (safetensors) + processor
-    from mmpc_rl.monitoring import finish
-
-    finish(trainer)  # reward_curves.png, no pickled training_args.bin, W&B run closed
     if trainer.is_world_process_zero():
         print(f"mmpc-rl: trained {trainer.state.global_step} steps in {time.time() - t0:.0f} s; "
               f"adapter, config.yaml and metrics.jsonl in {trainer.args.output_dir}")
     return 0
-
-
-def resume_point(args) -> str | bool | None:
-    """trainer.resume_from_checkpoint: a checkpoint folder, or `auto` for the last complete one in output_dir."""
-    value = args.resume_from_checkpoint
-    if value in (None, "", False):
-        return None
-    if str(value).lower() == "auto":
-        from mmpc_rl.resume import last_complete_checkpoint
-
-        return last_complete_checkpoint(args.output_dir)
-    return value
 
 
 def demo(argv: list[str] | None = None) -> int:
@@ -58,6 +45,4 @@ def demo(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mmpc_rl.errors import run_cli
-
     sys.exit(run_cli(lambda: main(sys.argv[1:])))

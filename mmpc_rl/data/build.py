@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from pathlib import Path
 
@@ -204,18 +203,3 @@ def build(**kwargs) -> Path:
     summary["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     return out
-
-
-def main(argv: list[str]) -> int:
-    from mmpc_rl.data.cli import options
-
-    opts = options(argv, DEFAULTS, ("source", "out"))
-    out = build(**opts)
-    summary = json.loads((out / "summary.json").read_text())
-    for cat, s in summary["categories"].items():
-        rec = s["recbench"]
-        print(f"{cat}: {s['eligible']}/{s['items']} eligible, cqbench {s['cqbench']}, train {s['train']}, "
-              f"recbench {rec.get('users', 0)} users / {rec.get('items', 0)} items / "
-              f"{rec.get('interactions', 0)} interactions, {sum(s['failed_images']['counts'].values())} failed images")
-    print(f"{summary['images_downloaded_this_run']} images downloaded; summary: {out / 'summary.json'}")
-    return 0

@@ -2,42 +2,50 @@
 
 from __future__ import annotations
 
-from mmpc_rl.config import parse_overrides
-from mmpc_rl.errors import ConfigError, did_you_mean
+import dataclasses
+import json
+from typing import Any
+
+from mmpc_rl.config import parse_options
+from mmpc_rl.data.build import DEFAULTS, build
+from mmpc_rl.data.sample import build_sample_catalog
+from mmpc_rl.errors import ConfigError
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
          "       mmpc-rl data build source=DIR|hub out=DIR [categories=[...]] [cqbench_per_category=1000] ...")
 
 
-def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...]) -> dict:
-    """key=value args as a dict typed like the defaults; an unknown key names the valid ones."""
-    from omegaconf import OmegaConf
-
-    _, dotlist = parse_overrides(argv)
-    try:
-        given = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist), resolve=True)
-    except Exception as e:  # OmegaConf raises several unrelated types for bad syntax
-        raise ConfigError(f"bad option: {e}") from None
-    for key in given:
-        if key not in valid:
-            raise ConfigError(f"unknown option {key!r}" + did_you_mean(str(key), valid))
+def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...], command: str) -> dict:
+    """key=value args as a dict typed like the defaults (through the one option parser); an unknown key names the
+    valid ones, a value of the wrong type is one line."""
+    typed = {bool: bool, int: int, float: float, str: str}
+    schema = dataclasses.make_dataclass("Options", [
+        (k, typed.get(type(v), Any) | None if v is None or type(v) not in typed else typed[type(v)],
+         dataclasses.field(default=v)) for k, v in valid.items()])
+    opts = dataclasses.asdict(parse_options(schema, argv, command, noun="option"))
     for key in required:
-        if given.get(key) in (None, ""):
+        if opts.get(key) in (None, ""):
             raise ConfigError(f"{key}= is required\n{USAGE}")
-    opts = dict(valid)
-    opts.update(given)
-    for key, default in valid.items():
-        if isinstance(default, int) and not isinstance(opts[key], int):
-            raise ConfigError(f"{key} must be an integer, got {opts[key]!r}")
     return opts
 
 
 def sample(argv: list[str]) -> int:
-    from mmpc_rl.data.sample import build_sample_catalog
-
-    opts = options(argv, {"out": None, "base_url": None, "seed": 0}, ("out",))
+    opts = options(argv, {"out": None, "base_url": None, "seed": 0}, ("out",), "mmpc-rl data sample")
     out = build_sample_catalog(str(opts["out"]), base_url=opts["base_url"], seed=opts["seed"])
     print(f"sample catalog: {out}")
+    return 0
+
+
+def build_main(argv: list[str]) -> int:
+    opts = options(argv, DEFAULTS, ("source", "out"), "mmpc-rl data build")
+    out = build(**opts)
+    summary = json.loads((out / "summary.json").read_text())
+    for cat, s in summary["categories"].items():
+        rec = s["recbench"]
+        print(f"{cat}: {s['eligible']}/{s['items']} eligible, cqbench {s['cqbench']}, train {s['train']}, "
+              f"recbench {rec.get('users', 0)} users / {rec.get('items', 0)} items / "
+              f"{rec.get('interactions', 0)} interactions, {sum(s['failed_images']['counts'].values())} failed images")
+    print(f"{summary['images_downloaded_this_run']} images downloaded; summary: {out / 'summary.json'}")
     return 0
 
 
@@ -49,7 +57,5 @@ def main(argv: list[str]) -> int:
     if sub == "sample":
         return sample(rest)
     if sub == "build":
-        from mmpc_rl.data.build import main as build_main
-
         return build_main(rest)
     raise ConfigError(f"unknown data command {sub!r}; valid choices: build, sample")

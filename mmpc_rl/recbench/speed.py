@@ -12,11 +12,12 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 
-from mmpc_rl.config import parse_overrides
-from mmpc_rl.errors import ConfigError, run_cli
+from mmpc_rl.config import parse_options
+from mmpc_rl.errors import run_cli
 from mmpc_rl.io import atomic_write_json
 from mmpc_rl.recbench.data import load_category
 from mmpc_rl.recbench.models import MODELS
@@ -31,8 +32,18 @@ from mmpc_rl.recbench.trainer import (
     train_epoch,
 )
 
-DEFAULTS = {"users": 25500, "items": 3500, "interactions": 190000, "epochs": 2, "device": "auto", "out": None,
-            "est_epochs": 60, "models": "VBPR,BM3,FREEDOM", "threads": None}
+
+@dataclass
+class SpeedOptions:
+    users: int = 25500
+    items: int = 3500
+    interactions: int = 190000
+    epochs: int = 2
+    device: str = "auto"
+    out: str | None = None
+    est_epochs: int = 60
+    models: str = "VBPR,BM3,FREEDOM"
+    threads: int | None = None
 
 
 def measure(opts: dict) -> dict:
@@ -84,13 +95,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str]) -> int:
-    _, overrides = parse_overrides(argv)
-    opts = dict(DEFAULTS)
-    for item in overrides:
-        key, value = item.split("=", 1)
-        if key not in opts:
-            raise ConfigError(f"unknown key {key}; valid choices: {', '.join(opts)}")
-        opts[key] = value
+    opts = asdict(parse_options(SpeedOptions, argv, "python -m mmpc_rl.recbench.speed"))
     report = measure(opts)
     print(json.dumps(report, indent=2))
     if opts["out"]:

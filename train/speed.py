@@ -4,7 +4,6 @@ downloaded), shapes are real, so compute and memory costs are real."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import platform
@@ -12,6 +11,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
 
 ARMS = ("project", "plain")
@@ -39,25 +39,10 @@ class BenchOptions:
     seed: int = 0
 
 
-def parse_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
+def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
-    from omegaconf import OmegaConf
-
-    from mmpc_rl.config import TOP_LEVEL, parse_overrides
-
-    names = [f.name for f in dataclasses.fields(BenchOptions)]
-    recipe, pairs = parse_overrides(argv)  # `recipe=` is a bench option here, like the others
-    given, overrides = ({"recipe": recipe} if recipe is not None else {}), []
-    for arg in pairs:
-        key = arg.split("=", 1)[0]
-        if "." in key and key.split(".")[0] in TOP_LEVEL:
-            overrides.append(arg)
-        elif key in names:
-            given.update(OmegaConf.to_container(OmegaConf.from_dotlist([arg])))
-        else:
-            raise ConfigError(f"unknown option {key!r}" + did_you_mean(key, names) + "; recipe keys go as "
-                              "section.key=value (e.g. trainer.beta=0.0)")
-    opts = BenchOptions(**given)
+    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True,
+                                      noun="option")
     opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
     for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub")),
                                ("compile", str(opts.compile).lower(), ("auto", "true", "false")),
@@ -129,7 +114,7 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
     from datasets import Dataset, Image
     from PIL import Image as PILImage
 
-    from mmpc_rl.training import task_rows
+    from mmpc_rl.train.builder import task_rows
 
     rng = np.random.default_rng(seed)
     titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]
@@ -257,16 +242,12 @@ def release() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the two arms
-def project_args(cfg, opts: BenchOptions, *, device: str, group: int, output_dir: str, reward_weights: list[float],
-                 user_keys: tuple[str, ...] = ()):
+def project_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, output_dir: str,
+                 reward_weights: list[float], user_keys: tuple[str, ...] = ()):
     """The recipe's GRPOConfig plus speed options that leave the algorithm alone; a speed option the user set on the
     command line (`user_keys`, e.g. trainer.gradient_checkpointing=true when memory is short) is left as given."""
-    from omegaconf import OmegaConf
-
-    from mmpc_rl.config import build_grpo_config, to_dict
-
     compiled = compiled_generation(opts, device)
-    trainer = dict(to_dict(cfg.trainer))
+    trainer = dict(recipe.trainer)
     # The 7B bf16 LoRA step peaked at 23 GB of 80 with checkpointing on (plain-TRL anchor): room to skip recomputing.
     speed = {"gradient_checkpointing": False,
              "cache_implementation": "static" if use_static_cache(opts, device) else None}
@@ -278,21 +259,18 @@ def project_args(cfg, opts: BenchOptions, *, device: str, group: int, output_dir
            "generation_kwargs": {**(trainer.get("generation_kwargs") or {}), "min_new_tokens": opts.new_tokens},
            "save_strategy": "no", "report_to": "none", "logging_steps": 1, "log_completions": False,
            "resume_from_checkpoint": None, "seed": opts.seed}
-    local = cfg.copy()
     speed = {k: v for k, v in speed.items() if f"trainer.{k}" not in user_keys}
-    local.trainer = OmegaConf.create({**trainer, **speed, **run})
-    args = build_grpo_config(local)
+    args = build_grpo_config(recipe.replace(trainer={**speed, **run}))
     args.reward_weights = list(reward_weights)
     return args
 
 
-def plain_args(cfg, opts: BenchOptions, *, device: str, group: int, output_dir: str, reward_weights: list[float]):
+def plain_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, output_dir: str,
+               reward_weights: list[float]):
     """TRL's defaults with the recipe's algorithm (loss, KL, clipping, lr) and the same G, T and step count."""
     from trl import GRPOConfig
 
-    from mmpc_rl.config import to_dict
-
-    trainer = to_dict(cfg.trainer)
+    trainer = recipe.trainer
     algorithm = {k: trainer[k] for k in ALGORITHM_KEYS if k in trainer}
     return GRPOConfig(**{**algorithm, "seed": opts.seed}, output_dir=output_dir, max_steps=opts.warmup + opts.steps,
                       num_generations=group, per_device_train_batch_size=group, max_completion_length=opts.new_tokens,
@@ -321,25 +299,25 @@ def enable_compiled_generation(trainer, cpu: bool = False) -> None:
         trainer.generation_config.compile_config._compile_all_devices = True
 
 
-def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, reward_weights, device: str, dtype,
-            group: int, user_keys: tuple[str, ...] = ()) -> dict:
+def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards, reward_weights,
+            device: str, dtype, group: int, user_keys: tuple[str, ...] = ()) -> dict:
     """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
     from trl import GRPOTrainer
 
-    from mmpc_rl.config import build_lora_config
-
     output_dir = os.path.join(opts.out, arm)
     if arm == "project":
-        args = project_args(cfg, opts, device=device, group=group, output_dir=output_dir,
+        args = project_args(recipe, opts, device=device, group=group, output_dir=output_dir,
                             reward_weights=reward_weights, user_keys=user_keys)
     else:
-        args = plain_args(cfg, opts, device=device, group=group, output_dir=output_dir, reward_weights=reward_weights)
+        args = plain_args(recipe, opts, device=device, group=group, output_dir=output_dir,
+                          reward_weights=reward_weights)
     release()
     reset_peak_memory(device)
     model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
     timer = StepTimer(device)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=processor, peft_config=build_lora_config(cfg), callbacks=[timer.callback()])
+                          processing_class=processor, peft_config=build_lora_config(recipe),
+                          callbacks=[timer.callback()])
     compiled = arm == "project" and compiled_generation(opts, device)
     if compiled:
         enable_compiled_generation(trainer, cpu=device != "cuda")

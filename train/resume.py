@@ -47,3 +47,13 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
         if is_complete(ckpt):
             return str(ckpt)
     return None
+
+
+def resume_point(args) -> str | bool | None:
+    """trainer.resume_from_checkpoint: a checkpoint folder, or `auto` for the last complete one in output_dir."""
+    value = args.resume_from_checkpoint
+    if value in (None, "", False):
+        return None
+    if str(value).lower() == "auto":
+        return last_complete_checkpoint(args.output_dir)
+    return value

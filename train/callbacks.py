@@ -1,18 +1,43 @@
 """Training callbacks that keep a run's record on disk whatever the logger, and survive a kill and a resume:
-metrics.jsonl (one line per log), the completions table with images, CQBench numbers in the summary, and
-checkpoints with nothing pickled beyond what the HF Trainer needs to resume."""
+metrics.jsonl (one line per log), the completions table with images, CQBench numbers in the summary, checkpoints
+with nothing pickled beyond what the HF Trainer needs to resume, and the end of the run (final adapter, curves, W&B
+closed). Also the W&B run itself.
+
+With W&B (`trainer.report_to=[wandb]`; `WANDB_MODE=offline` works without network) the run gets the recipe's
+project/name/tags/entity, the resolved recipe (secrets scrubbed) as its config, every curve TRL logs
+(`rewards/<name>/mean|std`, `reward`, `kl`, `completions/*`, `frac_reward_zero_std`, `step_time`) plus
+`timing/reward/<name>`, a `completions_table` with images every `wandb.log_completions_every` steps, and the CQBench
+numbers in its summary. Without W&B the same curves are in `output_dir/metrics.jsonl` and `reward_curves.png`, and the
+tables in `output_dir/completions/step_NNNNN.jsonl` (images as PNG files beside them).
+
+Why not TRL's own table: with image prompts TRL 1.16 hands wandb.Table a prompt column whose cells are lists that
+mix `{"type": "image"}` and `{"type": "text", ...}` dicts, and wandb stops the run with `TypeError: Data row contained
+incompatible types`. Our table is built from what the rewards see (flat text, numbers, images), so every column has
+one type. `prepare_args` turns TRL's table off when it would crash.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from PIL import Image
 from transformers import TrainerCallback
 
+from mmpc_rl.config import Recipe, scrub
+from mmpc_rl.errors import ConfigError
 from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
-from mmpc_rl.monitoring import TABLE_KEY, log_summary
+from mmpc_rl.train.curves import plot_curves
+
+RUN_ID_FILE = "wandb_run_id.txt"
+TABLE_KEY = "completions_table"
 
 SUMMARY_PREFIXES = ("cqbench",)  # logged keys that are end-of-run numbers: they also go to the W&B run summary
 
@@ -94,8 +119,6 @@ class CompletionsTable(TrainerCallback):
         return columns, rows
 
     def write(self, step: int, columns: list[str], rows: list[list]) -> None:
-        import io
-
         n_img = sum(1 for c in columns if c in self.recorder.batch["images"])
         first_img = len(columns) - n_img
         disk_rows = []
@@ -113,7 +136,7 @@ class CompletionsTable(TrainerCallback):
             disk_rows.append(rec)
         atomic_write_jsonl(self.dir / f"step_{step:05d}.jsonl", disk_rows)
         try:
-            import wandb
+            import wandb  # optional: the table is on disk without it
         except ImportError:
             return
         if wandb.run is not None:
@@ -133,8 +156,6 @@ class CompletionsTable(TrainerCallback):
 
 def _images_of(value) -> list:
     """PIL images for a table cell: a PIL image, a list of them, or an image file path."""
-    from PIL import Image
-
     if isinstance(value, Image.Image):
         return [value]
     if isinstance(value, list):
@@ -151,9 +172,6 @@ def _images_of(value) -> list:
 
 def _tensor_to_pil(t):
     """A CHW float tensor in [0, 1] (a diffusers "pt" render) as a PIL image."""
-    import numpy as np
-    from PIL import Image
-
     arr = (t.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(arr)
 
@@ -164,8 +182,6 @@ def _wandb_image(wandb, imgs: list):
         return None
     if len(imgs) == 1:
         return wandb.Image(imgs[0])
-    from PIL import Image
-
     h = max(i.height for i in imgs)
     canvas = Image.new("RGB", (sum(i.width for i in imgs), h), "white")
     x = 0
@@ -192,3 +208,88 @@ def replace_pickled_args(folder: str | Path, args) -> None:
     atomic_write_text(folder / "training_args.json", args.to_json_string())
     (folder / "training_args.bin").unlink(missing_ok=True)
 
+
+
+class RunEnd(TrainerCallback):
+    """The end of a run, after every other callback's `on_train_end` (put it last; CQBench's "after" pass logs
+    there): the final adapter and processor saved (every rank: ZeRO-3 gathers), then on the main process the pickled
+    training_args.bin replaced by JSON, reward_curves.png drawn and the W&B run closed."""
+
+    def __init__(self, trainer=None):
+        self.trainer = trainer
+
+    def bind(self, trainer) -> RunEnd:
+        self.trainer = trainer
+        return self
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer is None:
+            raise RuntimeError("RunEnd must be bound to its trainer (RunEnd().bind(trainer))")
+        self.trainer.save_model(args.output_dir)  # adapter (safetensors) + processor
+        if not state.is_world_process_zero:
+            return
+        out = Path(args.output_dir)
+        replace_pickled_args(out, args)
+        png = plot_curves(out)
+        try:
+            import wandb  # optional: only runs that report to W&B have a run to close
+        except ImportError:
+            return
+        if wandb.run is not None:
+            if png is not None:
+                wandb.log({"reward_curves": wandb.Image(str(png))})
+            wandb.finish()
+
+
+# --------------------------------------------------------------------------------------------------------- W&B run
+def wants_wandb(report_to: Any) -> bool:
+    return report_to is not None and "wandb" in (report_to if isinstance(report_to, (list, tuple)) else [report_to])
+
+
+def prepare_args(args, task) -> None:
+    """Turn TRL's completions table off where it crashes (W&B + image prompts); ours replaces it."""
+    if args.log_completions and wants_wandb(args.report_to) and task.uses_image_input:
+        print("mmpc-rl: TRL's completions table crashes W&B with image prompts; logging mmpc-rl's "
+              f"'{TABLE_KEY}' (with images) instead")
+        args.log_completions = False
+
+
+def init_wandb(recipe: Recipe, args):
+    """Start (or, on resume, continue) the W&B run with the recipe's settings. Credentials come only from the
+    environment (WANDB_API_KEY / `wandb login`); nothing secret is passed or saved here."""
+    if not wants_wandb(args.report_to) or args.process_index != 0:
+        return None
+    import wandb  # optional at run time: only a run that reports to W&B imports it
+
+    wb = recipe.wandb
+    out = Path(args.output_dir)
+    id_file = out / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    os.environ.setdefault("WANDB_PROJECT", wb.project)  # HF's WandbCallback reads it if it ever inits itself
+    if wandb.run is not None:
+        wandb.finish()
+    try:
+        run = wandb.init(project=wb.project, entity=wb.entity, name=wb.name or args.run_name or out.name,
+                         tags=list(dict.fromkeys([*wb.tags, recipe.task])), dir=str(out), id=run_id,
+                         resume="allow" if run_id else None, config={"recipe": scrub(recipe.to_dict())})
+    except wandb.errors.Error as e:  # no API key, bad entity, server refused...
+        raise ConfigError(f"W&B: {str(e).splitlines()[0]} (set WANDB_API_KEY or run `wandb login`; "
+                          "WANDB_MODE=offline logs locally; or trainer.report_to=none)") from None
+    if run is not None and run_id is None and run.id:
+        atomic_write_text(id_file, run.id + "\n")
+    return run
+
+
+def log_summary(values: dict[str, float], output_dir: str | Path | None = None) -> None:
+    """Put final numbers (e.g. CQBench before/after) in the W&B run summary and in output_dir/summary.json."""
+    if output_dir is not None:
+        path = Path(output_dir) / "summary.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        atomic_write_text(path, json.dumps({**old, **values}, indent=2) + "\n")
+    try:
+        import wandb  # optional: the summary file above is the record without it
+    except ImportError:
+        return
+    if wandb.run is not None:
+        for k, v in values.items():
+            wandb.run.summary[k] = v

@@ -1,0 +1,88 @@
+"""The import graph of the installed package: no cycle, and the core never imports its plug-ins or the trainer.
+
+Modules are found as setuptools installs them (pyproject's `package-dir` maps the design card's folders into
+`mmpc_rl`), and every import counts, also one inside a function: a lazy import is still a dependency."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).parents[1]
+PLUGINS = ("mmpc_rl.train", "mmpc_rl.eval", "mmpc_rl.rewards")
+
+
+def modules() -> dict[str, Path]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping, out = pyproject["package-dir"], {}
+    for package in pyproject["packages"]:
+        top = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len)
+        folder = ROOT / mapping[top] / Path(*package[len(top):].strip(".").split(".") if package != top else ())
+        for file in folder.glob("*.py"):
+            out[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
+    return out
+
+
+def imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The project modules `path` imports. `from package import submodule` names the submodule only: a package's
+    __init__ runs before any of its submodules, for every importer alike, so it is no edge of its own."""
+    found = set()
+    package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            subs = {f"{base}.{a.name}" for a in node.names}
+            found |= subs
+            if not subs <= known:  # a name defined in the module itself
+                found.add(base)
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(path, name, set(mods)) for name, path in mods.items()}
+
+
+def test_the_mapping_finds_every_folder():
+    mods = modules()
+    assert {"mmpc_rl.config", "mmpc_rl.train.builder", "mmpc_rl.eval.runner", "mmpc_rl.rewards.registry",
+            "mmpc_rl.recbench.models", "mmpc_rl.data.build"} <= set(mods)
+    assert graph()["mmpc_rl.train.builder"] >= {"mmpc_rl.config", "mmpc_rl.rewards", "mmpc_rl.train.callbacks"}
+
+
+def test_import_graph_has_no_cycle():
+    g, state, cycles = graph(), {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(g[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join([*stack[stack.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(g):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_core_never_imports_train_eval_or_rewards():
+    offenders = {name: sorted(m for m in deps if m.startswith(PLUGINS))
+                 for name, deps in graph().items() if not name.startswith(PLUGINS)}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_one_option_parser():
+    defs = [f"{p.relative_to(ROOT)}:{n.name}" for p in ROOT.glob("**/*.py") if ".venv" not in p.parts
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef)
+            and n.name in ("parse_options", "parse_overrides")]
+    assert defs == ["mmpc_rl/config.py:parse_options"]

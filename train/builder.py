@@ -1,0 +1,122 @@
+"""Build the pieces of a GRPO run from a Recipe: dataset, rewards, policy, callbacks, trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset, Image
+from trl import GRPOTrainer
+
+from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, save_config
+from mmpc_rl.data import load_items
+from mmpc_rl.data.skips import drop_undecodable_images
+from mmpc_rl.errors import DataError
+from mmpc_rl.eval.scorers import build_scorers
+from mmpc_rl.models import load_policy
+from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
+from mmpc_rl.tasks import Task, get_task
+from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger, RunEnd, SafeCheckpoints, init_wandb, prepare_args
+from mmpc_rl.train.cqbench import CQBenchCallback
+from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
+
+
+def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
+    """Dataset columns for a task. TRL feeds `image`/`images` to the policy, so the t2i reference image travels in
+    `reference_image`; every other column reaches the rewards as a keyword argument."""
+    rows = {"prompt": [task.messages(it) for it in items], "title": [it["title"] for it in items],
+            "parent_asin": [it["parent_asin"] for it in items], "category": [it["category"] for it in items]}
+    if task.uses_image_input:
+        rows["image"] = [it["image"] for it in items]
+    else:
+        rows["text"] = [it.get("text") or it["title"] for it in items]
+        rows["reference_image"] = [it["image"] for it in items]
+    return rows
+
+
+def build_dataset(recipe: Recipe, task: Task, split: str | None = None, limit: int | None = None) -> Dataset:
+    """A `datasets.Dataset` of the task's prompts. Images stay file paths until TRL reads a batch."""
+    data = recipe.data
+    items = load_items(data.path, split=split or data.split, categories=data.categories,
+                       limit_per_category=limit or data.limit_per_category, seed=data.seed, cache_dir=data.cache_dir,
+                       text_field=data.text_field)
+    missing = [it.get("parent_asin") for it in items if not it.get("image") or not it.get("title")]
+    if missing:
+        raise DataError(f"{len(missing)} items lack an image or a title (e.g. {missing[:3]}); rebuild the data")
+    if not items:
+        raise DataError(f"no items in {data.path} (split={split or data.split}, categories={data.categories})")
+    ds = Dataset.from_dict(task_rows(task, items))
+    if task.uses_image_input:
+        ds = ds.cast_column("image", Image())
+    return ds
+
+
+def build_policy(recipe: Recipe, args):
+    model_cfg = recipe.model
+    cpu = bool(args.use_cpu) or not torch.cuda.is_available()
+    model, processor = load_policy(model_cfg, cpu=cpu, device_map=policy_device_map(args, model_cfg, cpu))
+    if model_cfg.qlora:
+        from peft import prepare_model_for_kbit_training  # bitsandbytes runs only: peft.utils imports it
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+    return model, processor
+
+
+def policy_device_map(args, model_cfg, cpu: bool):
+    """Where the policy is loaded. The Trainer never moves a bitsandbytes model (`.to` is unsupported), so a 4-bit
+    policy must be loaded onto this process's GPU; a plain one is too (no CPU copy of 16 GB first). Under DDP or
+    DeepSpeed the Trainer/DeepSpeed place non-quantized weights themselves (TRL passes None there too)."""
+    if cpu:
+        return None
+    distributed = str(args.distributed_state.distributed_type).split(".")[-1] in ("MULTI_GPU", "DEEPSPEED")
+    if distributed and not model_cfg.qlora:
+        return None
+    return {"": args.distributed_state.device}
+
+
+def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list | None = None,
+                  train_dataset=None) -> GRPOTrainer:
+    """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st})."""
+    task = get_task(recipe.task)
+    args = build_grpo_config(recipe)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if args.process_index == 0:
+        save_config(recipe, args.output_dir)
+    prepare_args(args, task)
+    context = RewardContext(models=dict(models or {}), output_dir=args.output_dir,
+                            is_main_process=args.process_index == 0)
+    rewards = build_rewards(recipe.rewards, task, context)
+    args.reward_weights = list(rewards.weights)  # TRL pairs weights with functions by position: from one set
+    recorder = CompletionRecorder()  # per-reward timings + the completions table, fed by wrapping each reward
+    train_dataset = train_dataset if train_dataset is not None else build_dataset(recipe, task)
+    train_dataset = drop_undecodable_images(train_dataset, args.output_dir)  # counted skip, not a crash
+    model, processor = build_policy(recipe, args)
+    cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
+    run_end = RunEnd()
+    cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
+           CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
+           *(callbacks or []), *([cqbench] if cqbench else []), run_end]
+    init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
+    trainer = GRPOTrainer(model=model, reward_funcs=instrument_rewards(rewards, recorder), args=args,
+                          train_dataset=train_dataset, processing_class=processor,
+                          peft_config=build_lora_config(recipe), callbacks=cbs)
+    if cqbench:
+        cqbench.bind(trainer)
+    run_end.bind(trainer)
+    return trainer
+
+
+def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchCallback:
+    """CQBench before/after training on the recipe's held-out subset. Text->image renders through the reward that
+    renders (sd35_clip's `render_fn`: its pipeline and settings), so SD3.5 is loaded once."""
+    ev, data = recipe.eval, recipe.data
+    renderer = None
+    if not task.uses_image_input:
+        renderer = next((r.fn.render_fn() for r in rewards if callable(getattr(r.fn, "render_fn", None))), None)
+        if renderer is None:
+            raise DataError("eval.enabled on a text->image recipe needs a reward that renders (sd35_clip)")
+    items = load_items(data.path, split=ev.split, categories=ev.categories or data.categories,
+                       limit_per_category=ev.items_per_category, seed=data.seed, cache_dir=data.cache_dir)
+    scorers = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers,
+                            lpips=ev.lpips, clip=ev.clip, renderer=renderer)
+    return CQBenchCallback(ev, task, items, recipe.trainer["output_dir"], scorers=scorers, seed=data.seed)
