@@ -103,16 +103,22 @@ def test_trains_from_a_local_model_folder(tmp_path, tiny_qwen):
 
 
 def test_bad_key_fails_fast_naming_it(tmp_path):
+    """Fast means little work: the child's CPU time, which a busy machine does not inflate the way it does wall
+    time (seen: 55 s wall at load 14 for the same run)."""
+    import resource
     import subprocess
     import sys
-    import time
 
-    t0 = time.time()
+    def cpu() -> float:
+        use = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return use.ru_utime + use.ru_stime
+
+    t0 = cpu()
     proc = subprocess.run([sys.executable, "train/grpo.py", "recipe=i2t", "trainer.bogus=1"], capture_output=True,
-                          text=True, cwd=Path(__file__).parents[1], timeout=120)
+                          text=True, cwd=Path(__file__).parents[1], timeout=300)
     assert proc.returncode == 2
     assert "unknown key trainer.bogus" in proc.stderr and "Traceback" not in proc.stderr
-    assert time.time() - t0 < 30
+    assert cpu() - t0 < 30
 
 
 def test_hub_id_without_network_is_one_clear_line():
