@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.train.decoding import compile_on_any_device, enable_compiled_decoding
 
 ARMS = ("project", "plain")
 SHAPES = ("real", "tiny")
@@ -309,18 +310,6 @@ def use_static_cache(opts: BenchOptions, device: str) -> bool:
     return opts.cache == "static" or (opts.cache == "auto" and compiled_generation(opts, device))
 
 
-def enable_compiled_generation(trainer, cpu: bool = False) -> None:
-    """Let transformers compile the decode step of a static-cache generate inside a GRPOTrainer. TRL builds its
-    GenerationConfig with disable_compile=True; with it off, transformers compiles on CUDA (CUDA graphs,
-    "reduce-overhead"). On CPU it compiles only when told to, and without CUDA graphs."""
-    trainer.generation_config.disable_compile = False
-    if cpu:
-        from transformers import CompileConfig
-
-        trainer.generation_config.compile_config = CompileConfig(mode="default")
-        trainer.generation_config.compile_config._compile_all_devices = True
-
-
 def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, reward_weights, device: str, dtype,
             group: int, user_keys: tuple[str, ...] = ()) -> dict:
     """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
@@ -340,9 +329,11 @@ def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, r
     timer = StepTimer(device)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=build_lora_config(cfg), callbacks=[timer.callback()])
-    compiled = arm == "project" and compiled_generation(opts, device)
-    if compiled:
-        enable_compiled_generation(trainer, cpu=device != "cuda")
+    decoding = None
+    if arm == "project" and compiled_generation(opts, device):  # the training run's implementation
+        off_cuda = None if device == "cuda" else compile_on_any_device()
+        decoding = enable_compiled_decoding(trainer, compile_config=off_cuda)
+    compiled = bool(decoding and decoding.enabled)
     timer.wrap_generate(trainer.model)
     trainer.train()
     peak, kind = peak_memory_gb(device)
@@ -354,6 +345,8 @@ def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, r
         "epsilon": args.epsilon, "epsilon_high": args.epsilon_high, "learning_rate": args.learning_rate,
         "scale_rewards": args.scale_rewards, "temperature": args.temperature,
         "model_dtype": str(dtype).replace("torch.", ""), "attn_implementation": model.config._attn_implementation})
+    if decoding is not None:
+        result["decoding"] = {**dataclasses.asdict(decoding), "recompiles": decoding.recompiles}
     result["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     del trainer, model
     release()

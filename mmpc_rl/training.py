@@ -10,6 +10,7 @@ from mmpc_rl.config import active_rewards, build_grpo_config, build_lora_config,
 from mmpc_rl.errors import DataError
 from mmpc_rl.rewards import RewardContext, build_rewards
 from mmpc_rl.tasks import Task, get_task
+from mmpc_rl.train.decoding import enable_compiled_decoding
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
@@ -106,6 +107,8 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
                           processing_class=processor, peft_config=build_lora_config(cfg),
                           callbacks=cbs + ([cqbench] if cqbench else []))
+    if section(cfg, "model").compiled_decoding:
+        enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
     if cqbench:
         cqbench.bind(trainer)
     return trainer
