@@ -311,8 +311,9 @@ def use_static_cache(opts: BenchOptions, device: str) -> bool:
 
 
 def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, reward_weights, device: str, dtype,
-            group: int, user_keys: tuple[str, ...] = ()) -> dict:
-    """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
+            group: int, user_keys: tuple[str, ...] = (), model=None) -> dict:
+    """Train warmup+steps GRPO steps of one arm on a fresh copy of the model (or on `model`, e.g. a 4-bit one);
+    its timings and peak memory."""
     from trl import GRPOTrainer
 
     from mmpc_rl.config import build_lora_config
@@ -325,7 +326,8 @@ def run_arm(arm: str, cfg, opts: BenchOptions, *, processor, dataset, rewards, r
         args = plain_args(cfg, opts, device=device, group=group, output_dir=output_dir, reward_weights=reward_weights)
     release()
     reset_peak_memory(device)
-    model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
+    if model is None:
+        model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
     timer = StepTimer(device)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=build_lora_config(cfg), callbacks=[timer.callback()])

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from mmpc_rl.errors import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg.split("=", 1)[0] == "suite" for arg in argv):  # the one-shot GPU check (train/gpu_check.py)
+        from mmpc_rl.train import gpu_check
+
+        return gpu_check.main(argv)
     opts, overrides = parse_options(argv)
     cfg = load_recipe([f"recipe={opts.recipe}", *overrides])  # a bad key fails here, before the heavy imports
     if cfg.task != "i2t":
