@@ -66,7 +66,8 @@ def grpo(opts: CheckOptions, device: str, qlora: bool = False) -> dict:
     from mmpc_rl.tasks import get_task
     from mmpc_rl.train.benchmark import ratios
 
-    cfg = load_recipe(["recipe=i2t", *(["model.qlora=true"] if qlora else [])])
+    # transformers does not compile bitsandbytes layers, and a static cache without compilation only adds copies
+    cfg = load_recipe(["recipe=i2t", *(["model.qlora=true", "trainer.cache_implementation=null"] if qlora else [])])
     shape = "tiny" if opts.dry else "real"
     bopts = bench.BenchOptions(recipe="i2t", steps=opts.steps, warmup=opts.warmup, shape=shape,
                                new_tokens=opts.new_tokens, num_generations=opts.group, rewards="stub",
@@ -77,7 +78,8 @@ def grpo(opts: CheckOptions, device: str, qlora: bool = False) -> dict:
     common = dict(processor=processor, dataset=dataset, rewards=[bench.stub_reward], reward_weights=[1.0],
                   device=device, dtype=dtype, group=opts.group)
     if qlora:
-        arm = bench.run_arm("project", cfg, bopts, model=quantized_model(processor, bopts.out, dtype), **common)
+        arm = bench.run_arm("project", cfg, bopts, model=quantized_model(processor, bopts.out, dtype),
+                            user_keys=("trainer.cache_implementation",), **common)
         return {"arms": {"project_qlora": arm}}
     arms = {arm: bench.run_arm(arm, cfg, bopts, **common) for arm in ("plain", "project")}
     return {"arms": arms, "ratio": ratios(arms)}
