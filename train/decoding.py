@@ -12,7 +12,8 @@ path on in a built trainer:
 - generate is wrapped to count the calls that compiled new graphs (the first is the once-per-run compile, later ones
   are recompiles, logged with the prompt length that caused them) and to time decoding (`DecodingStats`);
 - where compilation cannot run (no CUDA/XPU device, a quantization that transformers will not compile, vLLM or paged
-  generation, CPU/disk offload) nothing changes: generation keeps TRL's settings and the reason is logged once.
+  generation, FSDP/ZeRO-3, CPU/disk offload) nothing changes: generation keeps TRL's settings and the reason is
+  logged once.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def unavailable_reason(trainer, model, compile_config) -> str | None:
         return "generation runs in vLLM"
     if getattr(args, "use_transformers_paged", False) or getattr(trainer, "continuous_batching_config", None):
         return "paged (continuous batching) generation has its own cache"
+    if getattr(trainer, "is_fsdp_enabled", False) or _zero3(trainer):
+        return "FSDP / DeepSpeed ZeRO-3 gather the weights afresh for every generate (no stable graph inputs)"
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile is unsupported here (torch {torch.__version__})"
     device = model.device.type
@@ -103,6 +106,11 @@ def compile_on_any_device(backend: str = "inductor"):
     config = CompileConfig(backend=backend, mode="default" if backend == "inductor" else None)
     config._compile_all_devices = True
     return config
+
+
+def _zero3(trainer) -> bool:
+    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "deepspeed_plugin", None)
+    return bool(plugin is not None and getattr(plugin, "zero_stage", 0) == 3)
 
 
 def enable_compiled_decoding(trainer, *, bucket: int | None = None, compile_config=None) -> DecodingStats:
