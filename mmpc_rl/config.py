@@ -42,6 +42,8 @@ class ModelConfig:
     revision: str | None = None
     min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
     max_pixels: int | None = None
+    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
+    compiled_decoding: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,18 +21,7 @@ from pathlib import Path
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.io import atomic_write_json
 from mmpc_rl.train.recipe import load_training_recipe
-from mmpc_rl.train.speed import parse_bench_options
-
-
-def ratios(arms: dict) -> dict:
-    """plain / project for time (above 1: the project arm is faster), project / plain for memory."""
-    if not {"plain", "project"} <= set(arms):
-        return {}
-    p, q = arms["plain"], arms["project"]
-    ratio = {"s_per_step": p["s_per_step"] / q["s_per_step"], "peak_mem": q["peak_mem_gb"] / p["peak_mem_gb"]}
-    if p.get("decode_ms_per_token") and q.get("decode_ms_per_token"):
-        ratio["decode_ms_per_token"] = p["decode_ms_per_token"] / q["decode_ms_per_token"]
-    return {k: round(v, 3) for k, v in ratio.items()}
+from mmpc_rl.train.speed import parse_bench_options, ratios
 
 
 def table(results: dict) -> str:
@@ -59,6 +48,10 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg.split("=", 1)[0] == "suite" for arg in argv):  # the one-shot GPU check (train/gpu_check.py)
+        from mmpc_rl.train import gpu_check
+
+        return gpu_check.main(argv)
     opts, overrides = parse_bench_options(argv)
     recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # fails here, before the heavy imports
     if recipe.task != "i2t":

@@ -18,6 +18,7 @@ from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
 from mmpc_rl.tasks import Task, get_task
 from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger, RunEnd, SafeCheckpoints, init_wandb, prepare_args
 from mmpc_rl.train.cqbench import CQBenchCallback
+from mmpc_rl.train.decoding import enable_compiled_decoding
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
 
 
@@ -100,6 +101,8 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     trainer = GRPOTrainer(model=model, reward_funcs=instrument_rewards(rewards, recorder), args=args,
                           train_dataset=train_dataset, processing_class=processor,
                           peft_config=build_lora_config(recipe), callbacks=cbs)
+    if recipe.model.compiled_decoding:
+        enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
     if cqbench:
         cqbench.bind(trainer)
     run_end.bind(trainer)

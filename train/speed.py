@@ -4,6 +4,7 @@ downloaded), shapes are real, so compute and memory costs are real."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import platform
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.train.decoding import compile_on_any_device, enable_compiled_decoding
 
 ARMS = ("project", "plain")
 SHAPES = ("real", "tiny")
@@ -55,6 +57,17 @@ def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     if opts.steps < 1 or opts.warmup < 0 or opts.new_tokens < 1:
         raise ConfigError("steps and new_tokens must be >= 1 and warmup >= 0")
     return opts, overrides
+
+def ratios(arms: dict) -> dict:
+    """plain / project for time (above 1: the project arm is faster), project / plain for memory."""
+    if not {"plain", "project"} <= set(arms):
+        return {}
+    p, q = arms["plain"], arms["project"]
+    ratio = {"s_per_step": p["s_per_step"] / q["s_per_step"], "peak_mem": q["peak_mem_gb"] / p["peak_mem_gb"]}
+    if p.get("decode_ms_per_token") and q.get("decode_ms_per_token"):
+        ratio["decode_ms_per_token"] = p["decode_ms_per_token"] / q["decode_ms_per_token"]
+    return {k: round(v, 3) for k, v in ratio.items()}
+
 
 
 # ------------------------------------------------------------------------------------------------ model and data
@@ -287,21 +300,10 @@ def use_static_cache(opts: BenchOptions, device: str) -> bool:
     return opts.cache == "static" or (opts.cache == "auto" and compiled_generation(opts, device))
 
 
-def enable_compiled_generation(trainer, cpu: bool = False) -> None:
-    """Let transformers compile the decode step of a static-cache generate inside a GRPOTrainer. TRL builds its
-    GenerationConfig with disable_compile=True; with it off, transformers compiles on CUDA (CUDA graphs,
-    "reduce-overhead"). On CPU it compiles only when told to, and without CUDA graphs."""
-    trainer.generation_config.disable_compile = False
-    if cpu:
-        from transformers import CompileConfig
-
-        trainer.generation_config.compile_config = CompileConfig(mode="default")
-        trainer.generation_config.compile_config._compile_all_devices = True
-
-
 def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards, reward_weights,
-            device: str, dtype, group: int, user_keys: tuple[str, ...] = ()) -> dict:
-    """Train warmup+steps GRPO steps of one arm on a fresh copy of the model; its timings and peak memory."""
+            device: str, dtype, group: int, user_keys: tuple[str, ...] = (), model=None) -> dict:
+    """Train warmup+steps GRPO steps of one arm on a fresh copy of the model (or on `model`, e.g. a 4-bit one);
+    its timings and peak memory."""
     from trl import GRPOTrainer
 
     output_dir = os.path.join(opts.out, arm)
@@ -313,14 +315,17 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
                           reward_weights=reward_weights)
     release()
     reset_peak_memory(device)
-    model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
+    if model is None:
+        model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
     timer = StepTimer(device)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=build_lora_config(recipe),
                           callbacks=[timer.callback()])
-    compiled = arm == "project" and compiled_generation(opts, device)
-    if compiled:
-        enable_compiled_generation(trainer, cpu=device != "cuda")
+    decoding = None
+    if arm == "project" and compiled_generation(opts, device):  # the training run's implementation
+        off_cuda = None if device == "cuda" else compile_on_any_device()
+        decoding = enable_compiled_decoding(trainer, compile_config=off_cuda)
+    compiled = bool(decoding and decoding.enabled)
     timer.wrap_generate(trainer.model)
     trainer.train()
     peak, kind = peak_memory_gb(device)
@@ -332,6 +337,8 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
         "epsilon": args.epsilon, "epsilon_high": args.epsilon_high, "learning_rate": args.learning_rate,
         "scale_rewards": args.scale_rewards, "temperature": args.temperature,
         "model_dtype": str(dtype).replace("torch.", ""), "attn_implementation": model.config._attn_implementation})
+    if decoding is not None:
+        result["decoding"] = {**dataclasses.asdict(decoding), "recompiles": decoding.recompiles}
     result["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     del trainer, model
     release()
