@@ -85,3 +85,60 @@ def test_an_outside_reward_by_dotted_path_trains_in_the_demo(plugin, tmp_path, t
     assert all(0.0 <= r[key] <= 1.0 for r in logged if key in r)
     assert (out / "adapter_model.safetensors").is_file() and not (out / "training_args.bin").exists()
     assert f"{plugin}:brevity" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "vLLM is not installed"),
+    (["model.qlora=true"], "vLLM is not installed"),
+])
+def test_use_vllm_fails_at_once_when_vllm_is_missing(extra, needle):
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_training_recipe(["recipe=i2t", "trainer.use_vllm=true", *extra])
+    assert "\n" not in str(e.value) and "docs/launch.md" in str(e.value)
+
+
+@pytest.mark.parametrize("version, extra, needle", [
+    ("0.33.0", [], "vLLM 0.33.0 is installed, TRL 1.16 runs 0.22-0.31"),
+    ("0.31.0", ["model.qlora=true"], "cannot take them into 4-bit"),
+    ("0.30.0", ["model.max_pixels=401408"], "re-processes images"),
+])
+def test_use_vllm_checks_version_and_settings_where_vllm_is_installed(monkeypatch, version, extra, needle):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: version if name == "vllm" else real(name))
+    with pytest.raises(ConfigError, match=needle):
+        load_training_recipe(["recipe=i2t", "trainer.use_vllm=true", *extra])
+    if version != "0.33.0":  # a version TRL runs, with settings vLLM keeps, passes
+        load_training_recipe(["recipe=i2t", "trainer.use_vllm=true", "model.max_pixels=null"])
+
+
+def test_use_vllm_fails_in_seconds_from_the_command_line():
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cpu() -> float:
+        use = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return use.ru_utime + use.ru_stime
+
+    t0 = cpu()
+    proc = subprocess.run([sys.executable, "train/grpo.py", "recipe=i2t", "trainer.use_vllm=true"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "trainer.use_vllm=true but vLLM is not installed" in proc.stderr
+    assert cpu() - t0 < 30  # the recipe checks, not a model load
+
+
+def test_run_summary_prints_the_table_and_where_things_are(tmp_path):
+    from mmpc_rl.train.grpo import run_summary
+
+    (tmp_path / "cqbench").mkdir()
+    (tmp_path / "cqbench" / "before_after.md").write_text("# CQBench before vs after training\n\n| m | Δ |\n")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / "reward_curves.png").write_bytes(b"x")
+    text = run_summary(str(tmp_path), 12, 31.4)
+    assert text.splitlines()[0] == "mmpc-rl: trained 12 steps in 31 s"
+    assert "| m | Δ |" in text and f"adapter:       {tmp_path / 'adapter_model.safetensors'}" in text
+    assert f"reward curves: {tmp_path / 'reward_curves.png'}" in text and "completions" not in text

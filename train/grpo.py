@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from mmpc_rl.errors import run_cli
 from mmpc_rl.train.recipe import load_training_recipe
@@ -34,9 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
     trainer.train(resume_from_checkpoint=resume_point(trainer.args))
     if trainer.is_world_process_zero():
-        print(f"mmpc-rl: trained {trainer.state.global_step} steps in {time.time() - t0:.0f} s; "
-              f"adapter, config.yaml and metrics.jsonl in {trainer.args.output_dir}")
+        print(run_summary(trainer.args.output_dir, trainer.state.global_step, time.time() - t0))
     return 0
+
+
+def run_summary(output_dir: str, steps: int, seconds: float) -> str:
+    """The last lines of a run: CQBench before/after (when eval ran) and where the results are."""
+    out = Path(output_dir)
+    lines = [f"mmpc-rl: trained {steps} steps in {seconds:.0f} s"]
+    table = out / "cqbench" / "before_after.md"
+    if table.is_file():
+        lines += ["", table.read_text().strip(), ""]
+    for label, name in (("adapter", "adapter_model.safetensors"), ("reward curves", "reward_curves.png"),
+                        ("completions", "completions"), ("metrics", "metrics.jsonl"), ("recipe", "config.yaml"),
+                        ("CQBench", "cqbench/before_after.md")):
+        if (out / name).exists():
+            lines.append(f"  {label + ':':<15}{out / name}")
+    return "\n".join(lines)
 
 
 def demo(argv: list[str] | None = None) -> int:

@@ -1,15 +1,48 @@
-"""The recipe of a training-side command: the typed Recipe, with its rewards checked by the reward package.
+"""The recipe of a training-side command: the typed Recipe, with its rewards checked by the reward package and the
+generation backend checked against what is installed.
 
-Light on purpose (no TRL, no torch model code): entry points call it first, so a bad recipe, key or reward fails in
-seconds, before the heavy imports."""
+Light on purpose (no TRL, no torch model code): entry points call it first, so a bad recipe, key, reward or backend
+fails in seconds, before the heavy imports."""
 
 from __future__ import annotations
 
+from importlib import metadata
+
+from packaging.version import Version
+
 from mmpc_rl.config import Recipe, load_recipe
+from mmpc_rl.errors import ConfigError
 from mmpc_rl.rewards import validate_rewards
+
+# What TRL 1.16 accepts (trl/import_utils.py is_vllm_available); every vLLM in it pins its own torch/transformers.
+VLLM_RANGE = (Version("0.22.0"), Version("0.31.0"))
+VLLM_DOC = "see docs/launch.md, 'vLLM'; model.compiled_decoding=true is this stack's fast decoding"
+
+
+def check_vllm(recipe: Recipe) -> None:
+    """`trainer.use_vllm=true` only where vLLM is installed in a version TRL runs, and only with settings whose
+    meaning survives the hand-off to vLLM; otherwise one line now, not an ImportError after the models load."""
+    if not recipe.trainer.get("use_vllm"):
+        return
+    try:
+        version = Version(Version(metadata.version("vllm")).base_version)
+    except metadata.PackageNotFoundError:
+        raise ConfigError("trainer.use_vllm=true but vLLM is not installed, and no vLLM release that TRL 1.16 "
+                          "supports (0.22-0.31) installs beside this project's torch/transformers (vllm 0.31 pins "
+                          f"torch 2.13 and transformers<5.18); {VLLM_DOC}") from None
+    if not VLLM_RANGE[0] <= version <= VLLM_RANGE[1]:
+        raise ConfigError(f"trainer.use_vllm=true: vLLM {version} is installed, TRL 1.16 runs 0.22-0.31; {VLLM_DOC}")
+    if recipe.model.qlora:
+        raise ConfigError("trainer.use_vllm=true with model.qlora=true: TRL syncs merged LoRA weights into vLLM, "
+                          "which cannot take them into 4-bit weights; use bf16 LoRA with vLLM")
+    if recipe.model.max_pixels or recipe.model.min_pixels:
+        raise ConfigError("trainer.use_vllm=true with model.min_pixels/max_pixels: vLLM re-processes images with the "
+                          "checkpoint's own pixel bounds, so the policy would be trained on other image tokens than "
+                          "it sampled from; unset them (or set the bounds in the checkpoint's preprocessor config)")
 
 
 def load_training_recipe(argv: list[str] | None = None, default: str | None = None) -> Recipe:
     recipe = load_recipe(argv, default)
     validate_rewards(recipe.rewards, recipe.task)
+    check_vllm(recipe)
     return recipe
