@@ -210,6 +210,38 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
     assert "| All (mean over categories) | Δ |" in (tmp_path / "cqbench" / "before_after.md").read_text()
 
 
+def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
+    """Killed during "before", resumed from a checkpoint with a trained adapter: the items the first pass left are
+    generated with the adapter off, so "before" equals a fresh pass of the base model."""
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.eval.runner import evaluate
+    from mmpc_rl.models import load_policy
+    from mmpc_rl.tasks import get_task
+    from mmpc_rl.train.builder import build_trainer
+    from mmpc_rl.train.cqbench import CQBenchCallback
+
+    common = [f"trainer.output_dir={tmp_path}", "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
+              "trainer.max_completion_length=4", "data.limit_per_category=1", "eval.items_per_category=1",
+              "eval.max_new_tokens=8", "trainer.learning_rate=0.3", "trainer.lr_scheduler_type=constant",
+              "trainer.save_strategy=steps", "trainer.save_steps=2"]
+    build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=2", *common]), models={"minilm": minilm}).train()
+    before = tmp_path / "cqbench" / "before" / "items.jsonl"
+    before.write_text(before.read_text().splitlines()[0] + "\n")  # the first "before" pass got one item done
+    resumed = build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=3", *common]),
+                            models={"minilm": minilm})
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+    cb = next(c for c in resumed.callback_handler.callbacks if isinstance(c, CQBenchCallback))
+    model, processor = load_policy(load_recipe(["recipe=demo-i2t"]).model, cpu=True)
+    evaluate(model, processor, get_task("i2t"), cb.items, results_path=tmp_path / "fresh.jsonl", batch_size=8,
+             max_new_tokens=8, progress=False)
+    fresh = {r["key"]: r["completion"] for r in read_jsonl(tmp_path / "fresh.jsonl")}
+    got = {r["key"]: r["completion"] for r in read_jsonl(before)}
+    after = {r["key"]: r["completion"] for r in read_jsonl(tmp_path / "cqbench" / "after" / "items.jsonl")}
+    assert len(fresh) == 3 and got == fresh
+    assert after != fresh  # the adapter did change the model: the comparison above could have failed
+
+
 # ------------------------------------------------------------------------------------------------ text->image
 def test_t2i_run_with_tiny_sd3_and_tiny_clip(tmp_path):
     args = ["tasks=[t2i]", "renderer=tiny://sd3", "clip=tiny://clip", "lpips=random", "render_size=64",
