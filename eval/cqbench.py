@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.render import DEFAULT_SD
+from mmpc_rl.render import DEFAULT_SD, Renderer
 
 
 @dataclass
@@ -92,9 +92,7 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
                   device: str | None = None, dtype: str | None = None):
     """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (shared with the T->I reward); guidance
     0 as the authors used SD3.5-large-turbo."""
-    from mmpc_rl.render import load_renderer as shared
-
-    renderer = shared(name_or_path, device=device, dtype=dtype)
+    renderer = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype)
 
     def render(prompts: list[str], seeds: list[int]):
         return renderer.render(prompts, seeds, height=size, width=size, num_inference_steps=steps,

@@ -29,43 +29,18 @@ class SpeedConfig:
     output: str | None = None  # a JSON file for the figures
 
 
-def qwen25_vl_7b_config(vocab_size: int, special: dict[str, int]):
-    from transformers import Qwen2_5_VLConfig
-
-    # Qwen2.5-VL-7B-Instruct's published architecture
-    rope = {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}
-    return Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=max(vocab_size, 152064), hidden_size=3584, intermediate_size=18944,
-                         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                         max_position_embeddings=128000, rope_parameters=rope, tie_word_embeddings=False,
-                         eos_token_id=special["<|im_end|>"], pad_token_id=0),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31]),
-        image_token_id=special["<|image_pad|>"], video_token_id=special["<|video_pad|>"],
-        vision_start_token_id=special["<|vision_start|>"], vision_end_token_id=special["<|vision_end|>"])
-
-
 def load(cfg: SpeedConfig):
-    import torch
 
     from mmpc_rl.config import ModelConfig
-    from mmpc_rl.models import load_policy, load_processor
+    from mmpc_rl.models import build_qwen25_vl_7b, load_policy, load_processor, resolve_device, resolve_dtype
 
     if cfg.shape is None:
         return load_policy(ModelConfig(name_or_path=cfg.model, dtype=cfg.dtype))
     if cfg.shape != "7b":
         raise ConfigError(f"shape={cfg.shape!r}; valid choices: 7b")
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     processor = load_processor(ModelConfig(name_or_path="tiny://qwen2.5-vl"))
-    tok = processor.tokenizer
-    special = {t: tok.convert_tokens_to_ids(t) for t in
-               ("<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_7b_config(len(tok), special)).to(
-            getattr(torch, cfg.dtype))
+    device = resolve_device()
+    model = build_qwen25_vl_7b(processor.tokenizer, device=str(device), dtype=resolve_dtype(cfg.dtype, device))
     return model, processor
 
 

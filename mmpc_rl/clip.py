@@ -2,7 +2,7 @@
 
 One embedder serves CQBench's image metric and the `sd35_clip` reward. Preprocessing is openai/CLIP's:
 Resize(224, bicubic) on the short side, CenterCrop(224), RGB, the CLIP mean/std. On CUDA the weights default to fp16
-(what `clip.load` does there), on the CPU to fp32.
+(what `clip.load` does there), on the CPU to fp32. Loading lives in mmpc_rl.models (`load_clip_model`).
 
 `name_or_path` forms (none needs network except the last two):
 - `tiny://clip`: the tiny random model (tests, demo);
@@ -16,68 +16,15 @@ Resize(224, bicubic) on the short side, CenterCrop(224), RGB, the CLIP mean/std.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mmpc_rl.errors import ModelLoadError
+from mmpc_rl.models import DEFAULT_CLIP, load_clip_model, placement
 
-DEFAULT_CLIP = "ViT-B-32/openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _load_file(path: Path, arch: str) -> Any:
-    import open_clip
-
-    model = open_clip.create_model(arch, pretrained=None)
-    try:  # openai's own checkpoints are TorchScript archives, which torch.load(weights_only=True) refuses
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-    for key in ("input_resolution", "context_length", "vocab_size"):  # JIT archive metadata, not parameters
-        state.pop(key, None)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def load_open_clip(name_or_path: str, arch: str | None = None) -> Any:
-    """The open_clip model for any of the forms above, or a one-line ModelLoadError."""
-    import open_clip
-
-    from mmpc_rl import tiny
-
-    source = tiny.resolve(name_or_path)
-    path = Path(source).expanduser()
-    try:
-        if path.is_dir():
-            if not (path / "open_clip_config.json").is_file():
-                raise ModelLoadError(f"CLIP folder {path} has no open_clip_config.json (expected the open_clip hub "
-                                     "layout: open_clip_config.json + open_clip_model.safetensors)")
-            return open_clip.create_model(f"local-dir:{path}")
-        if path.is_file():
-            return _load_file(path, arch or "ViT-B-32-quickgelu")
-        if source.startswith(("/", ".", "~")):
-            raise ModelLoadError(f"CLIP checkpoint {source} does not exist")
-        if "/" in source and source.split("/", 1)[0] in open_clip.list_models():
-            model_name, tag = source.split("/", 1)
-            return open_clip.create_model(model_name, pretrained=tag)
-        return open_clip.create_model(source if source.startswith("hf-hub:") else f"hf-hub:{source}")
-    except ModelLoadError:
-        raise
-    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError with multi-line hub details
-        hint = " (no network here: pass a local folder or file, or tiny://clip)" if not path.exists() else ""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load CLIP {name_or_path!r}: {first}{hint}") from None
 
 
 class ClipEmbedder:
@@ -86,7 +33,7 @@ class ClipEmbedder:
     def __init__(self, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                  batch_size: int = 64):
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = placement("clip", self.device, dtype)[1]
         self.model = model.to(self.device, self.dtype).eval()
         size = getattr(model.visual, "image_size", 224)
         self.size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -98,8 +45,10 @@ class ClipEmbedder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_CLIP, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, arch: str | None = None,
                         batch_size: int = 64) -> ClipEmbedder:
-        device, dtype = _resolve_placement(device, dtype)
-        return cls(load_open_clip(name_or_path, arch), device, dtype, batch_size)
+        """An embedder around the process-wide CLIP for (model, device, dtype) (mmpc_rl.models' cache): CQBench
+        and the reward share one copy."""
+        device, dtype = placement("clip", device, dtype)
+        return cls(load_clip_model(name_or_path, device, dtype, arch), device, dtype, batch_size)
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """openai/CLIP's transform for one PIL image: (3, S, S) normalised float32."""
@@ -149,24 +98,3 @@ class ClipEmbedder:
     @property
     def embed_dim(self) -> int:
         return int(self.model.visual.output_dim)
-
-
-def _resolve_placement(device, dtype) -> tuple[torch.device, torch.dtype]:
-    """Device (CUDA when present) and dtype (fp16 on CUDA, fp32 on CPU, as openai/CLIP) that None stands for."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return device, dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-
-
-_CACHE: dict[tuple, ClipEmbedder] = {}
-
-
-def load_embedder(name_or_path: str = DEFAULT_CLIP, device: str | None = None,
-                  dtype: str | None = None) -> ClipEmbedder:
-    """A process-wide embedder per (model, device, dtype): CQBench and the reward share one copy. The key holds the
-    resolved placement, so `device=None` and the device it means find the same embedder."""
-    key = (str(name_or_path), *map(str, _resolve_placement(device, dtype)))
-    if key not in _CACHE:
-        _CACHE[key] = ClipEmbedder.from_pretrained(name_or_path, device=device, dtype=dtype)
-    return _CACHE[key]

@@ -16,65 +16,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmpc_rl.errors import ConfigError, ModelLoadError
-
-DEFAULT_SD = "stabilityai/stable-diffusion-3.5-large-turbo"
-
-
-def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ConfigError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
-        return getattr(torch, dtype)
-    return dtype
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def load_pipeline(name_or_path: str, dtype: torch.dtype) -> Any:
-    """StableDiffusion3Pipeline from `tiny://sd3`, a local folder (model_index.json) or a hub id (cache or network)."""
-    from diffusers import StableDiffusion3Pipeline
-
-    from mmpc_rl import tiny
-
-    source = tiny.resolve(name_or_path)
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        return _from_pretrained(StableDiffusion3Pipeline, str(path), dtype, name_or_path)
-    if source.startswith(("/", ".", "~")):
-        raise ModelLoadError(f"diffusion model folder {source} does not exist")
-    # A hub id: the local HF cache first; a download only when the hub answers (diffusers then fetches just the
-    # diffusers-format files, not the repo's duplicate single-file checkpoint).
-    try:
-        return StableDiffusion3Pipeline.from_pretrained(source, dtype=dtype, local_files_only=True)
-    except Exception:  # noqa: BLE001 - anything missing from the cache means "not cached"
-        pass
-    from mmpc_rl.models import _hub_reachable
-
-    if not _hub_reachable():
-        raise ModelLoadError(f"no network: diffusion model {source!r} is not in the local Hugging Face cache and the "
-                             "hub cannot be reached; pass a local folder (e.g. rewards.sd35_clip.model=/models/sd35)")
-    return _from_pretrained(StableDiffusion3Pipeline, source, dtype, name_or_path)
-
-
-def _from_pretrained(cls: Any, source: str, dtype: torch.dtype, name: str) -> Any:
-    try:
-        return cls.from_pretrained(source, dtype=dtype)
-    except Exception as e:  # hub errors arrive as long multi-line messages from several libraries
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = " (SD3.5 is gated: accept its licence on the hub and log in)" if "gated" in str(e).lower() else ""
-        raise ModelLoadError(f"cannot load diffusion pipeline {name!r}: {first}{hint}") from None
+from mmpc_rl.errors import ConfigError
+from mmpc_rl.models import DEFAULT_SD, load_sd3_pipeline, placement
 
 
 class Renderer:
@@ -99,8 +46,10 @@ class Renderer:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_SD, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None, **kwargs: Any) -> Renderer:
-        device = _device(device)
-        return cls(load_pipeline(name_or_path, _dtype(dtype, device)), device, **kwargs)
+        """A renderer around the process-wide pipeline for (model, device, dtype) (mmpc_rl.models' cache): the
+        reward and CQBench share SD3.5's ~28 GB; each renderer keeps its own text cache and counters."""
+        device, dtype = placement("sd3", device, dtype)
+        return cls(load_sd3_pipeline(name_or_path, device, dtype), device, **kwargs)
 
     # ------------------------------------------------------------------------------------------ text encoding
     @torch.inference_mode()
@@ -176,17 +125,3 @@ class Renderer:
     def token_count(self, prompt: str) -> int:
         """CLIP tokens of `prompt` (with start/end tokens): SD3's CLIP encoders silently drop what exceeds 77."""
         return len(self.pipe.tokenizer(prompt, truncation=False).input_ids)
-
-
-_RENDERERS: dict[tuple, Renderer] = {}
-
-
-def load_renderer(name_or_path: str = DEFAULT_SD, device: str | None = None, dtype: str | None = None,
-                  **kwargs: Any) -> Renderer:
-    """One renderer per (model, device, dtype) per process: the reward and CQBench share SD3.5's ~28 GB. The key
-    holds the resolved device and dtype, so `device=None` and the device it means find the same pipeline."""
-    dev = _device(device)
-    key = (str(name_or_path), str(dev), str(_dtype(dtype, dev)))
-    if key not in _RENDERERS:
-        _RENDERERS[key] = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
-    return _RENDERERS[key]

@@ -8,27 +8,10 @@ higher than the right words without it. An empty completion scores 0.0.
 
 from __future__ import annotations
 
-import threading
-
+from mmpc_rl.models import DEFAULT_SENTENCE_MODEL as DEFAULT_MODEL
+from mmpc_rl.models import load_sentence_model
 from mmpc_rl.rewards.registry import register
 from mmpc_rl.tasks import completion_text
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_MODELS: dict[tuple[str, str | None], object] = {}
-_LOCK = threading.Lock()
-
-
-def load_sentence_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None):
-    """Load once per process (keyed by name and device): a GRPO step calls the reward many times."""
-    key = (name_or_path, device)
-    with _LOCK:
-        if key not in _MODELS:
-            from sentence_transformers import SentenceTransformer
-
-            from mmpc_rl.models import resolve_sentence_model
-
-            _MODELS[key] = SentenceTransformer(resolve_sentence_model(name_or_path), device=device)
-    return _MODELS[key]
 
 
 def cosine(model, texts: list[str], references: list[str], batch_size: int = 64) -> list[float]:
@@ -51,7 +34,7 @@ def minilm_cosine(task, context=None, model: str = DEFAULT_MODEL, batch_size: in
     def reward(completions, **columns) -> list[float]:
         if reference_column not in columns:
             raise KeyError(f"minilm_cosine needs the dataset column {reference_column!r}; got {sorted(columns)}")
-        st = injected or load_sentence_model(model, device)
+        st = injected or load_sentence_model(model, device)  # loaded once per process: a step calls this often
         texts, keep = [], []
         for c in completions:
             raw = completion_text(c).strip()

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from mmpc_rl.clip import DEFAULT_CLIP
+from mmpc_rl.clip import DEFAULT_CLIP, ClipEmbedder
 from mmpc_rl.errors import ConfigError, DataError
-from mmpc_rl.render import DEFAULT_SD
+from mmpc_rl.render import DEFAULT_SD, Renderer
 from mmpc_rl.rewards.registry import Reward, register
 from mmpc_rl.tasks import completion_text
 
@@ -225,17 +225,15 @@ def sd35_clip(task, context=None, model: str = DEFAULT_SD, clip: str = DEFAULT_C
               log_images_every: int = 50) -> Reward:
     """Options are `rewards.sd35_clip.<name>`; `device` places SD3.5 (and CLIP unless `clip_device`), e.g. cuda:1 in
     a multi-GPU run. Injected models (context.models "renderer", "clip") are used instead of loading."""
-    from mmpc_rl.clip import load_embedder
-    from mmpc_rl.render import load_renderer
-
     if size % 16:
         raise ConfigError(f"rewards.sd35_clip.size must be a multiple of 16 (SD3 latent patches), got {size}")
     models = context.models if context else {}
     device = device or (context.device if context else None)
-    renderer = models.get("renderer") or load_renderer(model, device=device, dtype=dtype,
-                                                       text_cache_size=text_cache_size, max_batch=max_batch,
-                                                       decode_batch=decode_batch)
-    embedder = models.get("clip") or load_embedder(clip, device=clip_device or str(renderer.device))
+    # The weights come from mmpc_rl.models' per-process cache: CQBench's callback finds the same SD3.5 and CLIP.
+    renderer = models.get("renderer") or Renderer.from_pretrained(model, device=device, dtype=dtype,
+                                                                  text_cache_size=text_cache_size,
+                                                                  max_batch=max_batch, decode_batch=decode_batch)
+    embedder = models.get("clip") or ClipEmbedder.from_pretrained(clip, device=clip_device or str(renderer.device))
     fn = SD35ClipReward(task, renderer, embedder, num_images=num_images, height=size, width=size,
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         max_sequence_length=max_sequence_length, seed=seed, unparsed=unparsed,

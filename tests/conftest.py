@@ -36,7 +36,7 @@ def tiny_qwen(_session_cache):
 @pytest.fixture(scope="session")
 def minilm():
     """The real all-MiniLM-L6-v2, loaded once."""
-    from mmpc_rl.rewards.minilm_cosine import load_sentence_model
+    from mmpc_rl.models import load_sentence_model
 
     return load_sentence_model("sentence-transformers/all-MiniLM-L6-v2", None)
 

@@ -85,8 +85,10 @@ def test_real_shape_is_qwen25_vl_7b():
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from mmpc_rl.models import qwen25_vl_7b_config
+
     processor = bench.build_processor("real")
-    config = bench.qwen25_vl_7b_config(processor.tokenizer)
+    config = qwen25_vl_7b_config(processor.tokenizer)
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
     assert sum(p.numel() for p in model.parameters()) == 8_292_166_656  # the published checkpoint's count

@@ -21,7 +21,8 @@ from mmpc_rl.eval.metrics import (
     text_metrics,
     text_metrics_batch,
 )
-from mmpc_rl.eval.scorers import LpipsMetric, build_lpips_net, load_bertscore
+from mmpc_rl.eval.scorers import LpipsMetric
+from mmpc_rl.models import build_lpips_net, load_bertscore
 
 IDF_UNSHARED = math.log(3 / 2) + 1  # smooth idf with n=2 documents, term in one of them
 DISJOINT_EUCLID = 1 / (1 + math.sqrt(2))

@@ -74,11 +74,11 @@ def test_registry_is_names_to_factories_and_builds_in_recipe_order(minilm):
 
 def test_a_reward_not_named_is_never_loaded(monkeypatch):
     """Factories, not instances: building json_format alone must not load MiniLM."""
-    import mmpc_rl.rewards.minilm_cosine as mc
+    from mmpc_rl.models import cache
 
-    monkeypatch.setattr(mc, "_MODELS", {})
+    monkeypatch.setattr(cache, "_CACHE", {})
     build_rewards({"json_format": {"weight": 1.0}}, I2T)
-    assert mc._MODELS == {}
+    assert cache._CACHE == {}
 
 
 def test_the_readme_example_reward_works_as_written():

@@ -120,7 +120,7 @@ def test_clip_loads_local_files_and_names_what_is_missing(tmp_path, embedder, mo
     import open_clip
     from safetensors.torch import save_file
 
-    from mmpc_rl.clip import load_open_clip
+    from mmpc_rl.models import load_open_clip
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_open_clip("/no/such/ViT-B-32.pt")
@@ -240,17 +240,17 @@ def test_demo_t2i_grpo_run_logs_both_rewards(renderer, embedder, tmp_path, sampl
 
 def test_cqbench_callback_inside_a_text_to_image_run(tmp_path, monkeypatch):
     """eval.enabled on a t2i recipe: CQBench renders with the reward's SD3 and scores all five image metrics."""
-    from mmpc_rl import render
+    from mmpc_rl.models import cache
     from mmpc_rl.train.grpo import main
 
-    monkeypatch.setattr(render, "_RENDERERS", {})  # this run's pipelines only
+    monkeypatch.setattr(cache, "_CACHE", {})  # this run's pipelines only
 
     out = tmp_path / "t2i-eval"
     assert main(["recipe=demo-t2i", f"trainer.output_dir={out}", "trainer.max_steps=1", "trainer.save_strategy=no",
                  "eval.enabled=true", "eval.items_per_category=1", "eval.clip=tiny://clip", "eval.lpips=random",
                  "rewards.sd35_clip.device=cpu"]) == 0
     # the callback found the reward's pipeline: one SD3 in the process, not a second copy under another key
-    assert list(render._RENDERERS) == [("tiny://sd3", "cpu", "torch.float32")]
+    assert [(k[0], k[2], k[3]) for k in cache.cached_keys("sd3")] == [("sd3", "cpu", "torch.float32")]
     table = (out / "cqbench" / "before_after.md").read_text()
     assert "Text→Image" in table and "| CLIP Sim ↑ |" in table and "| LPIPS ↓ |" in table
     summary = json.loads((out / "cqbench" / "after" / "summary.json").read_text())

@@ -23,10 +23,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmpc_rl.clip import ClipEmbedder
 from mmpc_rl.config import load_recipe, parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.io import atomic_write_json, atomic_write_text
-from mmpc_rl.models import bnb_config, torch_dtype
+from mmpc_rl.models import bnb_config, load_sd3_pipeline, torch_dtype
+from mmpc_rl.render import Renderer
+from mmpc_rl.rewards.sd35_clip import SD35ClipReward
 from mmpc_rl.tasks import get_task
 from mmpc_rl.train import speed as bench
 from mmpc_rl.train.speed import ratios
@@ -109,9 +112,7 @@ def sd35_pipeline(dry: bool, device: str):
     from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from mmpc_rl.render import load_pipeline
-
-    tiny = load_pipeline("tiny://sd3", torch.float32)
+    tiny = load_sd3_pipeline("tiny://sd3", "cpu", "float32")
     if dry:
         return tiny
     dtype = torch.bfloat16
@@ -144,12 +145,8 @@ def t2i(opts: CheckOptions, device: str) -> dict:
     import numpy as np
     from PIL import Image
 
-    from mmpc_rl.clip import load_embedder
-    from mmpc_rl.render import Renderer
-    from mmpc_rl.rewards.sd35_clip import SD35ClipReward
-
     renderer = Renderer(sd35_pipeline(opts.dry, device), device)
-    embedder = load_embedder("tiny://clip", device=device)
+    embedder = ClipEmbedder.from_pretrained("tiny://clip", device=device)
     n = 16 if not opts.dry else 4
     real = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
     columns = {"reference_image": [real] * n, "parent_asin": ["B000000001"] * n}

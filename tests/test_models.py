@@ -1,0 +1,106 @@
+"""mmpc_rl.models, the one loading face: one per-process cache keyed on (kind, source, device, dtype, options), one
+placement table, and one-line errors from every loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmpc_rl import models
+from mmpc_rl.config import ModelConfig
+from mmpc_rl.errors import ConfigError, ModelLoadError
+from mmpc_rl.models import cache
+
+
+@pytest.fixture
+def empty_cache(monkeypatch):
+    """This test's loads only; the session's cached models come back afterwards."""
+    monkeypatch.setattr(cache, "_CACHE", {})
+    return cache
+
+
+def test_same_kind_source_device_dtype_is_one_object_and_another_dtype_loads_anew(_session_cache, empty_cache):
+    a = models.load_clip_model("tiny://clip", device="cpu", dtype="float32")
+    b = models.load_clip_model("tiny://clip", device=torch.device("cpu"), dtype=torch.float32)
+    assert a is b
+    half = models.load_clip_model("tiny://clip", device="cpu", dtype="bfloat16")
+    assert half is not a
+    assert next(half.parameters()).dtype == torch.bfloat16 and next(a.parameters()).dtype == torch.float32
+    keys = empty_cache.cached_keys("clip")
+    assert [(k[2], k[3]) for k in keys] == [("cpu", "torch.float32"), ("cpu", "torch.bfloat16")]
+    # the key holds the resolved source: tiny://clip and the folder it builds are one model
+    assert models.load_clip_model(keys[0][1], device="cpu", dtype="float32") is a
+
+
+def test_wrappers_share_the_cached_weights(_session_cache, empty_cache):
+    from mmpc_rl.clip import ClipEmbedder
+
+    first = ClipEmbedder.from_pretrained("tiny://clip", device="cpu")
+    second = ClipEmbedder.from_pretrained("tiny://clip", device="cpu", batch_size=8)
+    assert first is not second and first.model is second.model
+    assert len(empty_cache.cached_keys("clip")) == 1
+
+
+def test_a_local_folder_is_one_key_however_it_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert models.source_key("./m") == models.source_key(str(tmp_path / "m")) == str((tmp_path / "m").resolve())
+    assert models.source_key("org/hub-id") == "org/hub-id"
+
+
+def test_sentence_model_aliases_share_one_copy(minilm):
+    assert models.load_sentence_model("all-MiniLM-L6-v2", "cpu") is models.load_sentence_model(
+        "sentence-transformers/all-MiniLM-L6-v2", "cpu")
+
+
+def test_lpips_net_is_cached_and_the_builder_is_not(empty_cache):
+    assert models.load_lpips_net(None) is models.load_lpips_net("random")
+    assert models.build_lpips_net(None) is not models.build_lpips_net(None)
+    assert [k[2] for k in empty_cache.cached_keys("lpips")] == ["cpu"]
+
+
+def test_placement_rules():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.resolve_dtype(None, cuda, "sd3") == torch.bfloat16
+    assert models.resolve_dtype("auto", cuda, "clip") == torch.float16
+    assert models.resolve_dtype(None, cuda, "sentence") == torch.float32
+    assert {models.resolve_dtype(None, cpu, k) for k in ("sd3", "clip", "timm")} == {torch.float32}
+    assert models.resolve_dtype("bfloat16", cpu, "sd3") == torch.bfloat16
+    assert models.resolve_device(None, "lpips") == models.resolve_device(None, "bertscore") == cpu
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models.resolve_device(None, "sd3").type == models.resolve_device("auto", "clip").type == expected
+    assert models.policy_dtype("bfloat16", cpu=True) == torch.float32
+    assert models.policy_dtype("float32", cpu=False, qlora=True) == torch.bfloat16
+    assert models.policy_dtype("auto", cpu=False) == "auto"
+
+
+def _calls(tmp_path):
+    missing = "/no/such/model"
+    return {
+        "sentence": (lambda: models.load_sentence_model(missing), ModelLoadError, "does not exist"),
+        "sd3": (lambda: models.load_sd3_pipeline(missing, device="cpu"), ModelLoadError, "does not exist"),
+        "sd3 not a pipeline": (lambda: models.load_sd3_pipeline(str(tmp_path), device="cpu"), ModelLoadError,
+                               "no model_index.json"),
+        "clip": (lambda: models.load_clip_model(missing + ".pt", device="cpu"), ModelLoadError, "does not exist"),
+        "bertscore": (lambda: models.load_bertscore(missing + "/roberta-large"), ModelLoadError, "does not exist"),
+        "bertscore layers": (lambda: models.load_bertscore(str(tmp_path)), ConfigError, "bertscore_layers"),
+        "lpips": (lambda: models.load_lpips_net(missing + ".pth"), ModelLoadError, "not a file"),
+        "timm": (lambda: models.load_image_encoder(missing + ".safetensors", device="cpu"), ModelLoadError,
+                 "cannot load image encoder"),
+        "policy": (lambda: models.load_policy(ModelConfig(name_or_path=missing), cpu=True), ModelLoadError,
+                   "does not exist"),
+        "dtype": (lambda: models.load_clip_model("tiny://clip", device="cpu", dtype="float8"), ConfigError,
+                  "unknown dtype"),
+        "device": (lambda: models.load_sd3_pipeline("tiny://sd3", device="gpu0"), ConfigError, "unknown device"),
+        "sd3 offline": (lambda: models.load_sd3_pipeline("stabilityai/stable-diffusion-3.5-large-turbo",
+                                                         device="cpu"), ModelLoadError, "no network"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_calls(None)))
+def test_every_loader_fails_in_one_line_and_caches_nothing(case, tmp_path, empty_cache):
+    call, error, message = _calls(tmp_path)[case]
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert empty_cache.cached_keys() == []
