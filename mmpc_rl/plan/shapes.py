@@ -154,12 +154,19 @@ def _shape_by_name(name: str, revision: str | None) -> ModelShape:
 def _pixel_bounds(folder: str) -> tuple[int, int] | None:
     import json
 
-    path = Path(folder) / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    try:
-        pp = json.loads(path.read_text())
-    except (OSError, ValueError):
+    # transformers 5 saves the processor as processor_config.json (image processor nested), older checkpoints as
+    # preprocessor_config.json
+    for file in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(folder) / file
+        try:
+            pp = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            pp = None
+        if isinstance(pp, dict):
+            pp = pp.get("image_processor", pp)
+            if pp.get("size") or pp.get("max_pixels"):
+                break
+    else:
         return None
     size = pp.get("size") or {}
     lo, hi = pp.get("min_pixels") or size.get("shortest_edge"), pp.get("max_pixels") or size.get("longest_edge")
