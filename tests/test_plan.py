@@ -9,13 +9,12 @@ import json
 import pytest
 import torch
 
-from mmpc_rl.plan import PlanInputs, choose_layout, image_tokens, model_shape, plan
 from mmpc_rl.plan import activations as act
+from mmpc_rl.plan import choose_layout, image_tokens, model_shape, plan
+from mmpc_rl.plan.anchors import LORA_REGEX, MEASURED_GIB, QWEN7B, anchor_inputs
 from mmpc_rl.plan.memory import candidate_layouts
 from mmpc_rl.plan.shapes import lora_input_dims, lora_params
 
-QWEN7B = "Qwen/Qwen2.5-VL-7B-Instruct"
-LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -132,20 +131,11 @@ def test_unknown_uncached_model_is_one_line_error():
 
 
 # --------------------------------------------------------------------------------------------- the anchors
-def anchor_inputs(shape, qlora: bool) -> PlanInputs:
-    """/work/shared/tools/gpu_anchor.py `grpo` / `qlora`: plain TRL 1.16, random weights at the 7B shape, G=16 in one
-    micro-batch, 128 new tokens forced (min_new_tokens, so no completion padding), one 448 px image, LoRA r=16 alpha
-    32 dropout 0.05 on the 7 language linears, checkpointing on, beta 0.04. Its prompt is 374 tokens with the
-    anchor's own tokenizer: 256 image + 118 text (counted by running its processor). QLoRA: NF4 double-quant via
-    TRL's quantization_config (no prepare_model_for_kbit_training), adapters cast to bf16 by TRL."""
-    return PlanInputs(shape=shape, prompt_text_tokens=118, image_tokens=image_tokens(shape, 448, 448),
-                      completion_tokens=128, num_generations=16, micro_batch=16, grad_accum=1,
-                      gradient_checkpointing=True, lora_r=16, lora_dropout=0.05, lora_targets=LORA_REGEX,
-                      qlora=qlora, kbit_upcast=False, beta=0.04, padded=False)
-
-
 @pytest.mark.parametrize("qlora, measured_gib", [(False, 22.9), (True, 11.5)])
 def test_reproduces_the_h100_anchors_within_20_percent(qwen7b, qlora, measured_gib):
+    # settings spelled out in anchor_inputs: G=16 x 1, 128 new tokens, 448 px image (256 tokens) + 118 text tokens,
+    # LoRA r16 dropout 0.05, checkpointing on, beta 0.04; QLoRA with TRL's bf16 adapters and no kbit upcast
+    assert MEASURED_GIB == {"bf16": 22.9, "qlora": 11.5}
     p = plan(anchor_inputs(qwen7b, qlora), gpu_gb=80)
     assert p.phase == "train step"
     assert abs(p.peak_gb - measured_gib) / measured_gib < 0.20, p.peak_gb
