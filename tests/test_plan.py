@@ -24,9 +24,10 @@ def qwen7b():
 
 
 # ------------------------------------------------------------------------------- measured saved activations
-def _real_width_layer(dropout: float):
+def _real_width_layer(dropout: float, fused_dropout: bool = False):
     """One Qwen2 decoder layer at Qwen2.5-VL-7B's text width (the VL text layer is the same module with mrope),
-    bf16 weights, the recipe's LoRA (fp32 adapters, as PEFT makes them)."""
+    bf16 weights, the recipe's LoRA (fp32 adapters, as PEFT makes them). `fused_dropout` runs torch.native_dropout,
+    the kernel F.dropout dispatches to on CUDA (a bool mask), where the CPU runs `x * noise`."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2Model
 
@@ -43,10 +44,14 @@ def _real_width_layer(dropout: float):
         model.rotary_emb.inv_freq.copy_(1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128)))
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=LORA_NAMES))
     model.train()
+    if fused_dropout:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.forward = lambda x, p=mod.p: torch.native_dropout(x, p, True)[0]
     return model
 
 
-def _saved_bytes_in_layer(model, tokens: int) -> int:
+def _saved_bytes_in_layer(model, tokens: int, padded: bool = False) -> int:
     """Bytes of distinct non-parameter storages the decoder layer saves for backward (bf16 autocast, as TRL)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     layer = model.base_model.model.layers[0]
@@ -69,25 +74,28 @@ def _saved_bytes_in_layer(model, tokens: int) -> int:
 
     hooks = [layer.register_forward_pre_hook(pre, with_kwargs=True), layer.register_forward_hook(post)]
     x = torch.randn(1, tokens, 3584, dtype=torch.bfloat16, requires_grad=True)
+    mask = torch.ones(1, tokens, dtype=torch.long)
+    mask[0, 0] = 1 - int(padded)  # one left-pad position: a padding mask reaches sdpa, as with ragged completions
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(inputs_embeds=x)
+            model(inputs_embeds=x, attention_mask=mask if padded else None)
     finally:
         for h in hooks:
             h.remove()
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("dropout", [0.05, 0.0])
-def test_activation_count_matches_saved_tensors_at_real_width(dropout, qwen7b):
-    model = _real_width_layer(dropout)
+@pytest.mark.parametrize("dropout, fused, padded", [(0.05, False, False), (0.0, False, False), (0.05, True, True)])
+def test_activation_count_matches_saved_tensors_at_real_width(dropout, fused, padded, qwen7b):
+    """CPU dropout as is (fp32 noise), without dropout, and what a GPU recipe runs: fused dropout, padded batch."""
+    model = _real_width_layer(dropout, fused_dropout=fused)
     # the slope over two lengths drops what does not grow with tokens (the LoRA weights' bf16 casts)
-    measured = (_saved_bytes_in_layer(model, 48) - _saved_bytes_in_layer(model, 16)) / 32
+    measured = (_saved_bytes_in_layer(model, 48, padded) - _saved_bytes_in_layer(model, 16, padded)) / 32
     dims = lora_input_dims(qwen7b, LORA_REGEX)
-    # on CPU, dropout keeps an fp32 mask (x * noise); device="cpu" is the same count with that mask width
-    predicted = act.layer_bytes_per_token(qwen7b, dims, r=16, dropout=dropout, adapter_dtype_bytes=4, device="cpu",
-                                          padded=False)
-    print(f"dropout={dropout}: measured {measured / 1024:.2f} KiB, planned {predicted / 1024:.2f} KiB per token")
+    predicted = act.layer_bytes_per_token(qwen7b, dims, r=16, dropout=dropout, adapter_dtype_bytes=4,
+                                          device="cuda" if fused else "cpu", padded=padded)
+    print(f"dropout={dropout} fused={fused} padded={padded}: measured {measured / 1024:.2f} KiB, "
+          f"planned {predicted / 1024:.2f} KiB per token")
     assert measured > 100 * 1024
     assert abs(predicted - measured) / measured < 0.15, (predicted / 1024, measured / 1024)
 

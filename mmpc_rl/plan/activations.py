@@ -10,7 +10,7 @@ kept by the base path; autograd saves only what the gradient of a grad-requiring
   bf16 copy, and none at all when the adapter is already bf16 (QLoRA as TRL casts it), where the input is shared;
   plus lora_A's r-wide output.
 - attention (sdpa): q, k, v, the output and the fp32 log-sum-exp per head. With a padding mask, CUDA's sdpa has no
-  GQA path, so transformers repeats k and v to all heads first and those copies are what is saved.
+  GQA path, so transformers repeats k and v to all heads first and those copies are what is saved (the CPU too).
 - MLP: gate output (for SiLU), SiLU output and up output (for the product), all bf16.
 """
 
@@ -49,7 +49,8 @@ def layer_bytes_per_token(shape, dims: dict[str, int], *, r: int, dropout: float
     """Bytes one decoder layer saves for backward, per token, with checkpointing off."""
     h, i = shape.hidden, shape.intermediate
     norms = 2 * (4 * h + 4)
-    kv_saved = shape.q_dim if (padded and device == "cuda" and shape.kv_heads != shape.heads) else shape.kv_dim
+    # transformers.integrations.sdpa_attention.use_gqa_in_sdpa: no GQA with a mask on CUDA (and on CPU)
+    kv_saved = shape.q_dim if (padded and shape.kv_heads != shape.heads) else shape.kv_dim
     attention = BF16 * shape.q_dim * 2 + BF16 * kv_saved * 2 + 4 * shape.heads
     mlp = 3 * BF16 * i
     return norms + attention + mlp + adapter_bytes(dims, r, dropout, adapter_dtype_bytes, device)
