@@ -216,6 +216,9 @@ def test_cli_i2t_pinned_layout_does_not_fit_80(capsys):
     assert result["fits"] is False and result["peak_gb"] > 80
     assert result["settings"]["chosen_by"] == "recipe"
     assert (result["settings"]["micro_batch"], result["settings"]["gradient_checkpointing"]) == (16, False)
+    alt = result["settings"]["fitting_layout"]  # what the trainer's error will name
+    assert alt["micro_batch"] * alt["grad_accum"] == 16
+    assert any("a layout that fits: trainer.per_device_train_batch_size=" in n for n in result["notes"])
 
 
 def test_cli_t2i_and_qlora_fit_80_with_text_output(capsys):
@@ -228,3 +231,12 @@ def test_cli_t2i_and_qlora_fit_80_with_text_output(capsys):
 def test_cli_bad_option_is_one_line(capsys):
     rc, out = run_plan(capsys, "recipe=i2t", "format=xml")
     assert rc == 2 and "format" in out.err and "Traceback" not in out.err
+
+
+def test_planner_core_imports_without_trl_or_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mmpc_rl.plan; print(sorted(m for m in ('trl', 'torch', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

@@ -92,6 +92,13 @@ def _gb(nbytes: float) -> float:
     return nbytes / GIB
 
 
+def device_gb(device=None) -> float:
+    """Total memory of a CUDA device in GiB, as gpu_gb for plan()/choose_layout() (an H100 80GB reports ~79.1)."""
+    import torch
+
+    return torch.cuda.get_device_properties(device or torch.cuda.current_device()).total_memory / GIB
+
+
 def usable_gb(gpu_gb: float) -> float:
     return gpu_gb - RESERVED_GB
 

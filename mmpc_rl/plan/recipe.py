@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from mmpc_rl.plan.memory import GIB, Plan, PlanInputs, RewardModel, choose_layout, plan
@@ -108,6 +109,13 @@ def inputs_from_recipe(recipe, *, image_px: int | None = None, prompt_tokens: in
         notes=tuple(notes))
 
 
+def layout_overrides(settings: dict) -> str:
+    """A layout as the recipe overrides that pin it."""
+    return (f"trainer.per_device_train_batch_size={settings['micro_batch']} "
+            f"trainer.gradient_accumulation_steps={settings['grad_accum']} "
+            f"trainer.gradient_checkpointing={str(settings['gradient_checkpointing']).lower()}")
+
+
 def plan_recipe(recipe, gpu_gb: float, **kwargs) -> Plan:
     """The plan for a recipe on a `gpu_gb` device: its pinned layout as is, or, where it leaves the layout open, the
     layout choose_layout() picks (settings["chosen_by"] says which)."""
@@ -116,6 +124,14 @@ def plan_recipe(recipe, gpu_gb: float, **kwargs) -> Plan:
     if pinned:
         result = plan(inputs, gpu_gb)
         result.settings["chosen_by"] = "recipe"
+        if not result.fits and inputs.micro_batch * inputs.grad_accum == inputs.num_generations:
+            # the same objective (one group per optimizer step) with the layout left open
+            opened = dataclasses.replace(inputs, micro_batch=None, grad_accum=None, gradient_checkpointing=None,
+                                         steps_per_generation=None)
+            chosen, alt = choose_layout(opened, gpu_gb)
+            result.settings["fitting_layout"] = chosen
+            if chosen:
+                result.notes.append("a layout that fits: " + layout_overrides(chosen) + f" ({alt.peak_gb:.1f} GiB)")
         return result
     chosen, result = choose_layout(inputs, gpu_gb)
     result.settings["chosen_by"] = "planner" if chosen else "planner: no layout fits"
