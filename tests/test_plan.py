@@ -240,3 +240,16 @@ def test_planner_core_imports_without_trl_or_torch():
     code = "import sys, mmpc_rl.plan; print(sorted(m for m in ('trl', 'torch', 'peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_config_object_and_gemma3_fixed_image_tokens():
+    from transformers import Gemma3Config
+
+    cfg = Gemma3Config(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=896, patch_size=14))
+    shape = model_shape(cfg)
+    assert (shape.layers, shape.kv_dim, shape.source) == (2, 32, "config")
+    assert image_tokens(shape, 500, 500) == image_tokens(shape, 1500, 1000) == cfg.mm_tokens_per_image
+    assert lora_params(shape, 4, ["q_proj"]) == 4 * (64 + 64) * 2 + 4 * (32 + 32) * 1  # language + vision q_proj

@@ -77,7 +77,8 @@ def inputs_from_recipe(recipe, *, image_px: int | None = None, prompt_tokens: in
     notes = []
     if shape.source == "built-in":
         notes.append(f"{shape.name} is not cached here: planned from the built-in shape table (nothing downloaded)")
-    px = image_px or DEFAULT_IMAGE_PX
+    data = recipe.get("data") if hasattr(recipe, "get") else getattr(recipe, "data", None)
+    px = image_px or _get(data, "image_size") or DEFAULT_IMAGE_PX  # data.image_size: the longest side fed in
     n_image = image_tokens(shape, px, px, _get(model, "min_pixels"), _get(model, "max_pixels")) if task == "i2t" else 0
     if prompt_tokens is None:
         prompt_tokens = estimated_prompt_tokens(task)

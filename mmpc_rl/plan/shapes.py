@@ -38,6 +38,7 @@ class ModelShape:
     # (module name, in_features, out_features) of every nn.Linear, for counting LoRA parameters
     linears: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
     source: str = "config"  # "config" (read from a folder or object) or "built-in" (shape table, not cached)
+    fixed_image_tokens: int | None = None  # Gemma-3: every image is mm_tokens_per_image tokens, whatever its size
 
     @property
     def q_dim(self) -> int:
@@ -84,6 +85,8 @@ def image_tokens(shape: ModelShape, height: int, width: int, min_pixels: int | N
     the pixel bounds), then one token per merged 2x2 patch block."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+    if shape.fixed_image_tokens:
+        return shape.fixed_image_tokens
     factor = shape.patch_size * shape.merge_size
     h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels or shape.min_pixels,
                         max_pixels=max_pixels or shape.max_pixels)
@@ -203,4 +206,5 @@ def _shape_from_config(cfg, name: str, source: str, bounds: tuple[int, int] | No
         vision_hidden=getattr(vision, "hidden_size", 0) or 0,
         vision_intermediate=getattr(vision, "intermediate_size", 0) or 0,
         patch_size=getattr(vision, "patch_size", 14) or 14, merge_size=getattr(vision, "spatial_merge_size", 2) or 2,
-        min_pixels=lo, max_pixels=hi, linears=tuple(linears), source=source)
+        min_pixels=lo, max_pixels=hi, linears=tuple(linears), source=source,
+        fixed_image_tokens=getattr(cfg, "mm_tokens_per_image", None))
