@@ -209,6 +209,19 @@ def test_cli_i2t_open_layout_fits_80(capsys):
     assert {"policy weights", "Adam state", "MiniLM (reward)"} <= set(result["breakdown"])
 
 
+def test_cli_recipe_without_layout_keys_is_open(capsys, tmp_path):
+    """The shipped GPU recipes will drop the three layout keys: missing must mean open, like null."""
+    from mmpc_rl.config import recipe_dir
+
+    keys = ("per_device_train_batch_size:", "gradient_accumulation_steps:", "gradient_checkpointing:")
+    lines = (recipe_dir() / "i2t.yaml").read_text().splitlines()
+    recipe = tmp_path / "i2t-open.yaml"
+    recipe.write_text("\n".join(line for line in lines if not line.strip().startswith(keys)) + "\n")
+    rc, out = run_plan(capsys, f"recipe={recipe}", "gpu_gb=80", "format=json")
+    result = json.loads(out.out)
+    assert rc == 0 and result["fits"] is True and result["settings"]["chosen_by"] == "planner"
+
+
 def test_cli_i2t_pinned_layout_does_not_fit_80(capsys):
     rc, out = run_plan(capsys, "recipe=i2t", "gpu_gb=80", "format=json", *PINNED)
     assert rc == 0
