@@ -244,6 +244,10 @@ def test_cli_t2i_and_qlora_fit_80_with_text_output(capsys):
 def test_cli_bad_option_is_one_line(capsys):
     rc, out = run_plan(capsys, "recipe=i2t", "format=xml")
     assert rc == 2 and "format" in out.err and "Traceback" not in out.err
+    rc, out = run_plan(capsys, "recipe=i2t", "gpu_gbb=40")
+    assert rc == 2 and "did you mean 'gpu_gb'" in out.err
+    rc, out = run_plan(capsys, "recipe=i2t", "model.name_or_path=someone/uncached")
+    assert rc == 2 and "built-in shape table" in out.err and "Traceback" not in out.err
 
 
 def test_planner_core_imports_without_trl_or_torch():

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from mmpc_rl.config import load_recipe, parse_options
-from mmpc_rl.errors import ConfigError
+from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.plan import plan_recipe
 
 
@@ -24,6 +24,11 @@ class PlanOptions:
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     keys = set(PlanOptions.__dataclass_fields__)
     mine = [a for a in argv if a.split("=", 1)[0] in keys]
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+")
+        if "=" in arg and "." not in key and key not in keys | {"recipe", "task"}:
+            # a bare key is either a planner option or a whole recipe section; name both kinds
+            raise ConfigError(f"unknown option {key!r}" + did_you_mean(key, [*keys, "recipe", "task"]))
     return mine, [a for a in argv if a not in mine]
 
 

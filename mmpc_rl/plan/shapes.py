@@ -107,6 +107,9 @@ def _qwen25_vl_7b():
     return qwen25_vl_7b_config(_Ids())
 
 
+# Tiny models whose shape is another's: the SFT demo policy is tiny qwen2.5-vl after a few training steps, so the
+# planner reads the random one's config instead of running the SFT build.
+SAME_SHAPE = {"tiny://qwen2.5-vl-sft": "tiny://qwen2.5-vl"}
 BUILT_IN = {"Qwen/Qwen2.5-VL-7B-Instruct": _qwen25_vl_7b, "Qwen/Qwen2.5-VL-7B": _qwen25_vl_7b}
 
 
@@ -136,7 +139,7 @@ def _shape_by_name(name: str, revision: str | None) -> ModelShape:
     if name.startswith("tiny://"):
         from mmpc_rl.models import resolve_model_path
 
-        folder = resolve_model_path(name)
+        folder = resolve_model_path(SAME_SHAPE.get(name, name))
     elif Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
     else:
