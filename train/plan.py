@@ -1,0 +1,65 @@
+"""`mmpc-rl plan recipe=NAME [gpu_gb=80] [image_px=500] [prompt_tokens=N] [format=text|json] [key=value ...]`:
+the predicted peak GPU memory of one GRPO step of a recipe, with its breakdown and whether it fits. Nothing is
+loaded or downloaded: the model is counted on the meta device. Planner options are split out first; every other
+key=value overrides the recipe, as for `mmpc-rl train`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mmpc_rl.config import load_recipe, parse_options
+from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.plan import plan_recipe
+
+
+@dataclass
+class PlanOptions:
+    gpu_gb: float = 80.0  # the paper's one H100 80GB
+    image_px: int | None = None  # side of the (square) product image; None: ~500 px, an Amazon "large" image
+    prompt_tokens: int | None = None  # prompt text tokens; None: estimated from the task's prompt
+    format: str = "text"
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    keys = set(PlanOptions.__dataclass_fields__)
+    mine = [a for a in argv if a.split("=", 1)[0] in keys]
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+")
+        if "=" in arg and "." not in key and key not in keys | {"recipe", "task"}:
+            # a bare key is either a planner option or a whole recipe section; name both kinds
+            raise ConfigError(f"unknown option {key!r}" + did_you_mean(key, [*keys, "recipe", "task"]))
+    return mine, [a for a in argv if a not in mine]
+
+
+def render_text(result, recipe_name: str) -> str:
+    s = result.settings
+    width = max(map(len, result.breakdown)) + 2
+    lines = [f"recipe {recipe_name}: peak {result.peak_gb:.1f} GiB of {result.gpu_gb:g} GiB "
+             f"(at the {result.phase}) -> {'fits' if result.fits else 'DOES NOT FIT'}",
+             f"layout ({s.get('chosen_by', 'recipe')}): per_device_train_batch_size={s['micro_batch']} "
+             f"gradient_accumulation_steps={s['grad_accum']} steps_per_generation={s['steps_per_generation']} "
+             f"gradient_checkpointing={str(s['gradient_checkpointing']).lower()}",
+             f"sequence: {s['tokens_per_sequence']} tokens ({s['prompt_text_tokens']} text + {s['image_tokens']} "
+             f"image + {s['completion_tokens']} completion); {s['activation_kib_per_token_per_layer']} KiB saved per "
+             "token per layer", ""]
+    lines += [f"  {name:<{width}}{gb:8.2f} GiB" for name, gb in result.breakdown.items()]
+    lines += ["", "phases (peak GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items())]
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    mine, rest = split_argv(list(argv))
+    opts = parse_options(PlanOptions, mine, "plan")
+    if opts.format not in ("text", "json"):
+        raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
+    if opts.gpu_gb <= 0:
+        raise ConfigError(f"gpu_gb must be positive, got {opts.gpu_gb}")
+    recipe = load_recipe(rest)
+    result = plan_recipe(recipe, opts.gpu_gb, image_px=opts.image_px, prompt_tokens=opts.prompt_tokens)
+    if opts.format == "json":
+        print(json.dumps(result.as_dict()))
+    else:
+        print(render_text(result, str(recipe.recipe)))
+    return 0
