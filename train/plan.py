@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from mmpc_rl.config import load_recipe, parse_options
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.config import parse_options
+from mmpc_rl.errors import ConfigError
 from mmpc_rl.plan import plan_recipe
+from mmpc_rl.train.recipe import load_training_recipe
 
 
 @dataclass
@@ -19,17 +20,6 @@ class PlanOptions:
     image_px: int | None = None  # side of the (square) product image; None: ~500 px, an Amazon "large" image
     prompt_tokens: int | None = None  # prompt text tokens; None: estimated from the task's prompt
     format: str = "text"
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    keys = set(PlanOptions.__dataclass_fields__)
-    mine = [a for a in argv if a.split("=", 1)[0] in keys]
-    for arg in argv:
-        key = arg.split("=", 1)[0].lstrip("+")
-        if "=" in arg and "." not in key and key not in keys | {"recipe", "task"}:
-            # a bare key is either a planner option or a whole recipe section; name both kinds
-            raise ConfigError(f"unknown option {key!r}" + did_you_mean(key, [*keys, "recipe", "task"]))
-    return mine, [a for a in argv if a not in mine]
 
 
 def render_text(result, recipe_name: str) -> str:
@@ -50,16 +40,15 @@ def render_text(result, recipe_name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    mine, rest = split_argv(list(argv))
-    opts = parse_options(PlanOptions, mine, "plan")
+    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True, noun="option")
     if opts.format not in ("text", "json"):
         raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
     if opts.gpu_gb <= 0:
         raise ConfigError(f"gpu_gb must be positive, got {opts.gpu_gb}")
-    recipe = load_recipe(rest)
+    recipe = load_training_recipe(rest)
     result = plan_recipe(recipe, opts.gpu_gb, image_px=opts.image_px, prompt_tokens=opts.prompt_tokens)
     if opts.format == "json":
         print(json.dumps(result.as_dict()))
     else:
-        print(render_text(result, str(recipe.recipe)))
+        print(render_text(result, recipe.name))
     return 0
