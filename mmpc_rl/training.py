@@ -10,6 +10,7 @@ from mmpc_rl.config import active_rewards, build_grpo_config, build_lora_config,
 from mmpc_rl.errors import DataError
 from mmpc_rl.rewards import RewardContext, build_rewards
 from mmpc_rl.tasks import Task, get_task
+from mmpc_rl.zero3 import whole_weights
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
@@ -101,7 +102,8 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=section(cfg, "wandb").log_completions_every),
            *(callbacks or [])]
-    cqbench = cqbench_callback(cfg, task) if section(cfg, "eval").enabled else None
+    with whole_weights():  # CQBench's scorers stay whole under ZeRO-3 (zero3_init_flag): only the policy is sharded
+        cqbench = cqbench_callback(cfg, task) if section(cfg, "eval").enabled else None
     monitoring.init_wandb(cfg, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=train_dataset,
                           processing_class=processor, peft_config=build_lora_config(cfg),

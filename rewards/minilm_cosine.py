@@ -26,8 +26,10 @@ def load_sentence_model(name_or_path: str = DEFAULT_MODEL, device: str | None = 
             from sentence_transformers import SentenceTransformer
 
             from mmpc_rl.models import resolve_sentence_model
+            from mmpc_rl.zero3 import whole_weights
 
-            _MODELS[key] = SentenceTransformer(resolve_sentence_model(name_or_path), device=device)
+            with whole_weights():  # a frozen scorer, never sharded by ZeRO-3's zero.Init
+                _MODELS[key] = SentenceTransformer(resolve_sentence_model(name_or_path), device=device)
     return _MODELS[key]
 
 
