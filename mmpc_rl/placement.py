@@ -149,15 +149,14 @@ def plan_placement(name_or_path: str, *, dtype: str = "bfloat16", qlora: bool = 
     room = mine.free_bytes - RESERVE_BYTES - kv - act
     if not qlora and full <= room:
         return Placement("per_rank", {"": f"cuda:{rank}"}, note=f"{_gib(full)} of weights on cuda:{rank}", need=need)
-    if not qlora and world == 1 and len(gpus) >= 2:
-        # each GPU keeps room for its share of the KV cache (it lives beside its layers) and the full activations
-        budget = {g.index: g.free_bytes - RESERVE_BYTES - kv // len(gpus) - act for g in gpus}
-        if sum(max(b, 0) for b in budget.values()) >= full:
-            max_memory = {i: max(b, 0) for i, b in budget.items()}
-            return Placement("sharded", "auto", max_memory, note=f"{_gib(full)} of weights over {len(gpus)} GPUs",
-                             need=need)
+    shardable = not qlora and world == 1 and len(gpus) >= 2
+    if shardable and (max_memory := shard_budget(gpus, shape, full, kv, act)):
+        return Placement("sharded", "auto", max_memory, note=f"{_gib(full)} of weights over {len(gpus)} GPUs",
+                         need=need)
     if nf4 <= room:
         why = "model.qlora" if qlora else f"{_gib(full)} bf16 fits no placement"
+        if shardable and shard_budget(gpus, shape, full, kv // batch_size, act // batch_size):
+            why += f" (a batch_size below {batch_size} would shard it in {dtype} over {len(gpus)} GPUs)"
         return Placement("4bit", {"": f"cuda:{rank}"}, qlora=True, need=need,
                          note=f"4-bit NF4 ({_gib(nf4)}) on cuda:{rank}: {why}; scores are of the 4-bit model")
     free = ", ".join(f"cuda:{g.index} {_gib(g.free_bytes)}" for g in gpus)
@@ -166,3 +165,14 @@ def plan_placement(name_or_path: str, *, dtype: str = "bfloat16", qlora: bool = 
     raise ModelLoadError(
         f"{name_or_path} does not fit: {_gib(full)} of weights ({_gib(nf4)} in 4-bit) + {_gib(kv + act)} for a "
         f"batch of {batch_size}, free: {free}; {hint}use more GPUs or a smaller batch_size")
+
+
+def shard_budget(gpus: list[Device], shape: ModelShape, full: int, kv: int, act: int) -> dict | None:
+    """max_memory per GPU for a device_map="auto" split, or None when the GPUs cannot hold the model together.
+    Each GPU keeps room for its share of the KV cache (it lives beside its layers) and the full activations."""
+    budget = {g.index: max(g.free_bytes - RESERVE_BYTES - kv // len(gpus) - act, 0) for g in gpus}
+    # accelerate packs whole modules: each GPU may end up to a decoder layer short, and the first GPU keeps room for
+    # the largest module (the embedding)
+    embed = shape.vocab * shape.hidden * (full // shape.params)
+    slack = embed + len(gpus) * (full - 2 * embed) // shape.layers
+    return budget if sum(budget.values()) >= full + slack else None

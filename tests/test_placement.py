@@ -67,6 +67,13 @@ def test_72b_on_one_gpu_falls_back_to_4bit(monkeypatch, shapes):
     assert "4-bit" in plan.note
 
 
+def test_two_gpus_too_tight_for_the_batch_go_4bit_and_say_a_smaller_batch_would_shard(monkeypatch, shapes):
+    fake_gpus(monkeypatch, 79, 79)
+    plan = plan_placement(Q72, shape=shapes[Q72], world_size=1, batch_size=16, max_new_tokens=128)
+    assert (plan.mode, plan.qlora) == ("4bit", True)
+    assert "a batch_size below 16 would shard it in bfloat16 over 2 GPUs" in plan.note
+
+
 def test_qlora_asked_for_is_4bit_even_when_bf16_fits(monkeypatch, shapes):
     fake_gpus(monkeypatch, 79)
     plan = plan_placement(Q7, shape=shapes[Q7], qlora=True)
