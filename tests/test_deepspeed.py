@@ -91,3 +91,48 @@ def test_zero3_two_process_cpu_run_with_cqbench_on_gathered_weights(tmp_path, ti
     for it in items:
         [completion] = generate_batch(model, processor, task, [it], max_new_tokens=6)
         assert completion == after[f"{it['category']}/{it['parent_asin']}"]["completion"]
+
+
+def _lockstep_worker(rank: int, port: int, n_batches: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    from mmpc_rl.zero3 import lockstep_batches
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(n_batches))
+    try:
+        batches = [[{"i": rank * 10 + b}] for b in range(n_batches[rank])]
+        got = lockstep_batches(batches, {"i": -1})
+        Path(out, f"{rank}.json").write_text(json.dumps([[b, real] for b, real in got]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_lockstep_pads_every_rank_to_the_largest_batch_count(tmp_path):
+    import torch.multiprocessing as mp
+
+    from mmpc_rl.zero3 import lockstep_batches
+
+    assert lockstep_batches([[{"i": 1}]], None) == [([{"i": 1}], True)]  # one process: nothing to pad
+    # rank 1 has nothing of its own (fewer items than ranks); the e2e ZeRO-3 run above covers 2 batches vs 1
+    mp.spawn(_lockstep_worker, args=(_free_port(), [2, 0], str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert got[0] == [[[{"i": b}], True] for b in range(2)]
+    assert got[1] == [[[{"i": -1}], False]] * 2
+
+
+def test_scorers_load_whole_inside_whole_weights():
+    """transformers' zero.Init switch is off inside the block and back on after it."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    from mmpc_rl.zero3 import whole_weights, zero3_enabled
+
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 1})  # registers itself
+    assert is_deepspeed_zero3_enabled() and zero3_enabled()
+    with whole_weights():
+        assert not is_deepspeed_zero3_enabled()
+    assert is_deepspeed_zero3_enabled()
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    del keep
