@@ -136,3 +136,35 @@ def test_scorers_load_whole_inside_whole_weights():
 
     unset_hf_deepspeed_config()
     del keep
+
+
+def test_generation_under_zero3_uses_trls_gathering_context_on_the_engine(monkeypatch):
+    """With a ZeRO-3 trainer, generation goes through TRL's unwrap_model_for_generation on the DeepSpeed engine
+    (model_wrapped) with the trainer's ds3_gather_for_generation; without ZeRO-3 the model is used as given."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import trl.models.utils
+
+    from mmpc_rl import zero3
+
+    calls = []
+
+    @contextlib.contextmanager
+    def fake_unwrap(engine, accelerator, gather_deepspeed3_params=True):
+        calls.append((engine, accelerator, gather_deepspeed3_params))
+        yield "gathered"
+
+    monkeypatch.setattr(trl.models.utils, "unwrap_model_for_generation", fake_unwrap)
+    plugin = SimpleNamespace(zero_stage=3)
+    accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin))
+    trainer = SimpleNamespace(accelerator=accelerator, model_wrapped="engine")
+    with zero3.generation_model("peft-model", trainer, gather=False) as m:
+        assert m == "gathered"
+    assert calls == [("engine", accelerator, False)]
+    plugin.zero_stage = 2
+    with zero3.generation_model("peft-model", trainer) as m:
+        assert m == "peft-model"
+    with zero3.generation_model("peft-model", None) as m:
+        assert m == "peft-model"
+    assert len(calls) == 1
