@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mmpc_rl.errors import ModelLoadError
+from mmpc_rl.zero3 import whole_weights
 
 DEFAULT_CLIP = "ViT-B-32/openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -168,5 +169,6 @@ def load_embedder(name_or_path: str = DEFAULT_CLIP, device: str | None = None,
     resolved placement, so `device=None` and the device it means find the same embedder."""
     key = (str(name_or_path), *map(str, _resolve_placement(device, dtype)))
     if key not in _CACHE:
-        _CACHE[key] = ClipEmbedder.from_pretrained(name_or_path, device=device, dtype=dtype)
+        with whole_weights():  # a frozen scorer: never sharded by ZeRO-3's zero.Init
+            _CACHE[key] = ClipEmbedder.from_pretrained(name_or_path, device=device, dtype=dtype)
     return _CACHE[key]

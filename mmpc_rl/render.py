@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mmpc_rl.errors import ConfigError, ModelLoadError
+from mmpc_rl.zero3 import whole_weights
 
 DEFAULT_SD = "stabilityai/stable-diffusion-3.5-large-turbo"
 
@@ -188,5 +189,6 @@ def load_renderer(name_or_path: str = DEFAULT_SD, device: str | None = None, dty
     dev = _device(device)
     key = (str(name_or_path), str(dev), str(_dtype(dtype, dev)))
     if key not in _RENDERERS:
-        _RENDERERS[key] = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
+        with whole_weights():  # its text encoders are transformers models: ZeRO-3's zero.Init would shard them
+            _RENDERERS[key] = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
     return _RENDERERS[key]
