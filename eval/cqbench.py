@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.render import DEFAULT_SD, Renderer
+from mmpc_rl.tasks import get_task
 
 
 @dataclass
@@ -102,23 +103,26 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
 
 
 def load_model(cfg: CQBenchConfig, name: str):
+    """The model where `mmpc_rl.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
+    process), or 4-bit; on CPU as before."""
     from mmpc_rl.config import ModelConfig
     from mmpc_rl.models import load_policy
 
+    plan = eval_placement(cfg, name)
     mc = ModelConfig(name_or_path=name, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-                     qlora=cfg.qlora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    return load_policy(mc, device_map=eval_device_map())
+                     qlora=plan.qlora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    return load_policy(mc, device_map=plan.device_map, max_memory=plan.max_memory)
 
 
-def eval_device_map() -> dict | None:
-    """The whole model on this process's GPU (cuda:<local_rank> under accelerate/torchrun); None on CPU."""
-    import torch
+def eval_placement(cfg: CQBenchConfig, name: str):
+    from mmpc_rl.placement import plan_placement
 
-    if not torch.cuda.is_available():
-        return None
-    from accelerate import PartialState
-
-    return {"": PartialState().device}
+    max_new = cfg.max_new_tokens or max(get_task(t).max_new_tokens for t in cfg.tasks)
+    plan = plan_placement(name, dtype=cfg.dtype, qlora=cfg.qlora, batch_size=cfg.batch_size, max_new_tokens=max_new,
+                          max_pixels=cfg.max_pixels)
+    if plan.mode != "cpu":
+        print(f"mmpc-rl: {name}: {plan.mode} ({plan.note})", file=sys.stderr)
+    return plan
 
 
 def run(cfg: CQBenchConfig) -> dict:
@@ -127,7 +131,6 @@ def run(cfg: CQBenchConfig) -> dict:
     from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
     from mmpc_rl.eval.runner import evaluate
     from mmpc_rl.io import atomic_write_json, atomic_write_text
-    from mmpc_rl.tasks import get_task
 
     out = Path(cfg.output_dir)
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,

@@ -20,6 +20,7 @@ from mmpc_rl.eval.metrics import image_metrics_batch, text_metrics_batch
 from mmpc_rl.eval.report import aggregate
 from mmpc_rl.io import append_jsonl, read_jsonl
 from mmpc_rl.tasks import Task
+from mmpc_rl.zero3 import generation_model, lockstep_batches, zero3_enabled
 
 
 @dataclass
@@ -90,10 +91,12 @@ def score_batch(task: Task, batch: list[dict], answers: list[str], scorers: Scor
 def evaluate(model, processor, task: Task, items: list[dict], *, results_path: str | os.PathLike,
              scorers: Scorers | None = None, batch_size: int = 16, max_new_tokens: int | None = None,
              do_sample: bool = False, seed: int = 42, image_dir: str | os.PathLike | None = None,
-             progress: bool = True, desc: str = "cqbench") -> dict | None:
+             progress: bool = True, desc: str = "cqbench", trainer=None, gather: bool = True) -> dict | None:
     """Run CQBench for one model and return {"per_item", "per_category", "summary", "status"} (None on ranks > 0).
 
-    `results_path` is the per-item JSONL; items already in it are not generated again."""
+    `results_path` is the per-item JSONL; items already in it are not generated again. `trainer`: the Trainer that
+    owns `model` (CQBench inside training); under ZeRO-3 its sharded weights are gathered for generation
+    (`gather`, TRL's ds3_gather_for_generation) and every rank makes the same number of generate calls."""
     scorers = scorers or Scorers()
     results_path = Path(results_path)
     rank, world = _dist()
@@ -103,18 +106,12 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
     max_new = max_new_tokens or task.max_new_tokens
     image_dir = Path(image_dir) if image_dir else results_path.parent / "images"
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="item")
-    for batch in length_sorted_batches(task, todo, batch_size):
-        completions = generate_batch(model, processor, task, batch, max_new_tokens=max_new, do_sample=do_sample)
-        parsed = [task.answer_for_eval(c) for c in completions]
-        rows, paths = score_batch(task, batch, [a for a, _ in parsed], scorers, image_dir=image_dir, seed=seed)
-        for it, completion, (answer, status), row, path in zip(batch, completions, parsed, rows, paths, strict=True):
-            rec = {"key": item_key(it), "parent_asin": it["parent_asin"], "category": it["category"],
-                   "reference": it["title"] if task.uses_image_input else str(it["image"]),
-                   "completion": completion, "answer": answer, "status": status, "metrics": row}
-            if path:
-                rec["image"] = path
-            append_jsonl(shard, rec)
-        bar.update(len(batch))
+    batches = [(b, True) for b in length_sorted_batches(task, todo, batch_size)]
+    if world > 1 and zero3_enabled():
+        batches = lockstep_batches([b for b, _ in batches], items[0] if items else None)
+    with generation_model(model, trainer, gather) as gen_model:
+        _generate_all(gen_model, processor, task, batches, shard, scorers, max_new=max_new, do_sample=do_sample,
+                      image_dir=image_dir, seed=seed, bar=bar)
     bar.close()
     _barrier()
     if rank != 0:
@@ -133,6 +130,25 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
                 append_jsonl(results_path, rec)
     ordered = [records[item_key(it)] for it in items if item_key(it) in records]
     return aggregate(ordered, task.name)
+
+
+def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: Scorers, *, max_new: int,
+                  do_sample: bool, image_dir: Path, seed: int, bar) -> None:
+    """Generate, score and append each real batch to this rank's shard file."""
+    for batch, real in batches:
+        completions = generate_batch(model, processor, task, batch, max_new_tokens=max_new, do_sample=do_sample)
+        if not real:  # padding: only there so this rank joins the other ranks' collectives
+            continue
+        parsed = [task.answer_for_eval(c) for c in completions]
+        rows, paths = score_batch(task, batch, [a for a, _ in parsed], scorers, image_dir=image_dir, seed=seed)
+        for it, completion, (answer, status), row, path in zip(batch, completions, parsed, rows, paths, strict=True):
+            rec = {"key": item_key(it), "parent_asin": it["parent_asin"], "category": it["category"],
+                   "reference": it["title"] if task.uses_image_input else str(it["image"]),
+                   "completion": completion, "answer": answer, "status": status, "metrics": row}
+            if path:
+                rec["image"] = path
+            append_jsonl(shard, rec)
+        bar.update(len(batch))
 
 
 def _files(results_path: Path) -> list[Path]:

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+from mmpc_rl.zero3 import whole_weights
+
 _CACHE: dict[tuple, Any] = {}
 # Re-entrant: TRL may call rewards from threads, and a loader may itself load a cached part.
 _LOCK = threading.RLock()
@@ -22,10 +24,13 @@ def cache_key(kind: str, source: str, device, dtype, options: Mapping[str, Hasha
 
 
 def cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """The object under `key`, built by `build()` on the first request; a failed build caches nothing."""
+    """The object under `key`, built by `build()` on the first request; a failed build caches nothing. Cached models
+    are frozen scorers and renderers: loaded whole even under ZeRO-3's zero.Init, which would shard them into weights
+    no DeepSpeed engine ever gathers."""
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = build()
+            with whole_weights():
+                _CACHE[key] = build()
         return _CACHE[key]
 
 

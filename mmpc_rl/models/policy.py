@@ -52,8 +52,9 @@ def model_init_kwargs(model_cfg, *, cpu: bool = False) -> dict:
     return kwargs
 
 
-def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None):
-    """(model, processor) for a vision-language policy: AutoModelForImageTextToText + AutoProcessor."""
+def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None, max_memory: dict | None = None):
+    """(model, processor) for a vision-language policy: AutoModelForImageTextToText + AutoProcessor.
+    `max_memory` (bytes per GPU index) bounds a `device_map="auto"` split over several GPUs."""
     from transformers import AutoModelForImageTextToText
 
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
@@ -61,6 +62,8 @@ def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None):
     kwargs = model_init_kwargs(model_cfg, cpu=cpu)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except ValueError as e:
