@@ -103,7 +103,7 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
 
 
 def load_model(cfg: CQBenchConfig, name: str):
-    """The model where `mmpc_rl.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
+    """The model where `mmpc_rl.plan.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
     process), or 4-bit; on CPU as before."""
     from mmpc_rl.config import ModelConfig
     from mmpc_rl.models import load_policy
@@ -115,7 +115,7 @@ def load_model(cfg: CQBenchConfig, name: str):
 
 
 def eval_placement(cfg: CQBenchConfig, name: str):
-    from mmpc_rl.placement import plan_placement
+    from mmpc_rl.plan.placement import plan_placement
 
     max_new = cfg.max_new_tokens or max(get_task(t).max_new_tokens for t in cfg.tasks)
     plan = plan_placement(name, dtype=cfg.dtype, qlora=cfg.qlora, batch_size=cfg.batch_size, max_new_tokens=max_new,

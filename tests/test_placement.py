@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmpc_rl import placement
 from mmpc_rl.errors import ModelLoadError
-from mmpc_rl.placement import GIB, Device, plan_placement
+from mmpc_rl.plan import placement
+from mmpc_rl.plan.placement import GIB, Device, plan_placement
 
 Q72 = "Qwen/Qwen2.5-VL-72B-Instruct"
 Q7 = "Qwen/Qwen2.5-VL-7B-Instruct"

@@ -62,7 +62,7 @@ class CQBenchCallback(TrainerCallback):
         res = evaluate(model, processor, self.task, self.items, results_path=self.root / tag / "items.jsonl",
                        scorers=self.scorers, batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens,
                        seed=self.seed, image_dir=self.root / tag / "images",
-                       progress=self.progress, desc=f"cqbench {tag}", trainer=self.trainer or _calling_trainer(),
+                       progress=self.progress, desc=f"cqbench {tag}", trainer=self.trainer,
                        gather=getattr(args, "ds3_gather_for_generation", True))
         if res is None:  # not the main process
             return

@@ -20,6 +20,9 @@ import os
 from dataclasses import dataclass, field
 
 from mmpc_rl.errors import ModelLoadError
+from mmpc_rl.models.hub import resolve_model_path
+from mmpc_rl.models.shapes import qwen25_vl_7b_config
+from mmpc_rl.plan.shapes import _Ids
 
 GIB = 1024**3
 RESERVE_BYTES = 2 * GIB  # CUDA context + allocator slack per GPU
@@ -28,14 +31,11 @@ PATCH = 28  # Qwen2.5-VL: 14-px patches merged 2x2 -> one token per 28x28 pixels
 DEFAULT_IMAGE_PIXELS = 1024 * PATCH * PATCH  # an upper estimate for catalog photos when max_pixels is unset
 TEXT_PROMPT_TOKENS = 256
 
-# Public config.json numbers (Qwen/Qwen2.5-VL-*-Instruct); the vision tower is the same in every size.
-_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
-KNOWN_SHAPES = {
-    "Qwen/Qwen2.5-VL-7B-Instruct": {"hidden_size": 3584, "num_hidden_layers": 28, "intermediate_size": 18944,
-                                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
-    "Qwen/Qwen2.5-VL-72B-Instruct": {"hidden_size": 8192, "num_hidden_layers": 80, "intermediate_size": 29568,
-                                     "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 152064},
-}
+# Public config.json numbers of Qwen/Qwen2.5-VL-72B-Instruct, on the 7B's config (mmpc_rl.models.shapes: the one
+# definition of that shape; the vision tower is the same in every size).
+QWEN_72B_TEXT = {"hidden_size": 8192, "num_hidden_layers": 80, "intermediate_size": 29568, "num_attention_heads": 64,
+                 "num_key_value_heads": 8, "vocab_size": 152064}
+KNOWN_SHAPES = ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-72B-Instruct")
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,15 @@ class Placement:
 def model_config(name_or_path: str):
     """A transformers config for NAME: built from KNOWN_SHAPES, else read from the local folder / HF cache."""
     if name_or_path in KNOWN_SHAPES:
-        from transformers import Qwen2_5_VLConfig
-
-        text = {**KNOWN_SHAPES[name_or_path], "tie_word_embeddings": False}
-        return Qwen2_5_VLConfig(text_config=text, vision_config={**_VISION, "out_hidden_size": text["hidden_size"]})
-    from transformers import AutoConfig
-
-    from mmpc_rl.models import resolve_model_path
+        config = qwen25_vl_7b_config(_Ids())
+        if "72B" in name_or_path:
+            d = config.to_dict()
+            d["text_config"].update(QWEN_72B_TEXT)
+            d["text_config"].pop("layer_types", None)  # derived from the layer count: rebuilt for 80 layers
+            d["vision_config"]["out_hidden_size"] = QWEN_72B_TEXT["hidden_size"]
+            config = type(config).from_dict(d)
+        return config
+    from transformers import AutoConfig  # planning a local or cached checkpoint only
 
     return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
 
