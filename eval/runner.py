@@ -132,7 +132,8 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
             if rec["key"] not in have:
                 append_jsonl(results_path, rec)
     ordered = [records[item_key(it)] for it in items if item_key(it) in records]
-    return aggregate(ordered, task.name)
+    # the prompt changes every number: the result says which one produced it (tables print it as a caption)
+    return {**aggregate(ordered, task.name), "prompt": task.prompt_name}
 
 
 def _files(results_path: Path) -> list[Path]:

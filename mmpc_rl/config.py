@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.prompts import prompt_text
 
 TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -46,6 +47,7 @@ class DataConfig:
     limit_per_category: int | None = None
     seed: int = 42
     text_field: str = "title"
+    prompt: str = "paper"  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     image_size: int | None = None  # longest side of the policy's input image; None keeps the file's size
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
@@ -200,6 +202,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(given, dict):
             raise ConfigError(f"section {name!r} must be a mapping, got {given!r}")
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
+    prompt_text(cfg.task, section(cfg, "data").prompt)  # an unknown prompt name fails here, not after model loading
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={cfg.model.dtype!r}; valid choices: {', '.join(DTYPES)}")
     _check_keys("lora", to_dict(cfg.get("lora")) or {}, lora_fields())
