@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-VERSION = "1"
+VERSION = "2"
 STEPS = 120
 BATCH = 8
+LR = 3e-3
 
 
 def _examples(processor, items: list[dict]):
@@ -47,7 +48,7 @@ def build(out_dir: str | Path, seed: int = 0) -> Path:
     model = qwen.build_model(len(processor.tokenizer), seed=seed)
     # only the training split: CQBench's held-out items stay unseen, so before/after numbers mean something
     examples = _examples(processor, load_items("sample", split="train"))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(STEPS):
