@@ -1,7 +1,9 @@
 """The tiny Qwen2.5-VL after a few seconds of supervised fine-tuning on the sample catalog's training items, so
-that it already answers `{"title": "..."}` for a product image. The demo starts from it: a random policy never
+that it has seen `{"title": "..."}` answers for product images. The demo starts from it: a random policy never
 writes valid JSON, so its format reward is flat at 0 and CQBench scores only the literal "error", and a user
-would see a pipeline that cannot move. Tests use the random `tiny://qwen2.5-vl`.
+would see a pipeline that cannot move. The SFT is deliberately short (STEPS): the policy writes valid JSON about
+half the time and its greedy answer often is not JSON, so the demo's GRPO has the format and the title to learn,
+and the before/after CQBench shows it. Tests use the random `tiny://qwen2.5-vl`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from pathlib import Path
 
 VERSION = "2"
-STEPS = 120
+STEPS = 25  # measured: after 40 every greedy held-out answer already parsed, leaving only titles to learn
 BATCH = 8
 LR = 3e-3
 
