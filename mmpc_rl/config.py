@@ -202,7 +202,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(given, dict):
             raise ConfigError(f"section {name!r} must be a mapping, got {given!r}")
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
-    prompt_text(cfg.task, section(cfg, "data").prompt)  # an unknown prompt name fails here, not after model loading
+    prompt_text(cfg.task, cfg.data.prompt)  # an unknown prompt name fails here, not after model loading
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={cfg.model.dtype!r}; valid choices: {', '.join(DTYPES)}")
     _check_keys("lora", to_dict(cfg.get("lora")) or {}, lora_fields())

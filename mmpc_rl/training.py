@@ -85,7 +85,7 @@ def build_trainer(cfg: DictConfig, *, models: dict | None = None, callbacks: lis
     from mmpc_rl import monitoring
     from mmpc_rl.callbacks import CompletionsTable, MetricsLogger, SafeCheckpoints
 
-    task = get_task(cfg.task, section(cfg, "data").prompt)
+    task = get_task(cfg.task, cfg.data.prompt)
     args = build_grpo_config(cfg)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
