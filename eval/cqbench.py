@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.prompts import prompt_text
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.render import DEFAULT_SD
 
 
@@ -31,7 +31,7 @@ class CQBenchConfig:
     split: str = "cqbench"
     limit: int | None = None  # items per category (the paper: 1000)
     seed: int = 42
-    prompt: str = "paper"  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; recorded in results
+    prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; recorded in results
     output_dir: str = "outputs/cqbench"
     adapter: str | None = None  # a LoRA folder: evaluate base (adapter off) and adapter with one copy of the weights
     batch_size: int = 16

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.prompts import prompt_text
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 
 TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -47,7 +47,7 @@ class DataConfig:
     limit_per_category: int | None = None
     seed: int = 42
     text_field: str = "title"
-    prompt: str = "paper"  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
+    prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     image_size: int | None = None  # longest side of the policy's input image; None keeps the file's size
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
