@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# mean reward of the last quarter of steps minus the first quarter; the seeded demo measured +REWARD_RISE_MEASURED
+# mean reward of the last quarter of steps minus the first quarter: the seeded demo measured +0.19 (0.88 -> 1.07),
+# identical in three runs with one and two torch threads
 REWARD_RISE_MARGIN = 0.1
 TEXT_METRICS = ("tfidf_cosine", "tfidf_euclidean", "token_overlap")
 

@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-VL (≈190k parameters) with a real processor: byte-level BPE trained in-process on product
+"""A tiny random Qwen2.5-VL (≈225k parameters) with a real processor: byte-level BPE trained in-process on product
 text, the original Qwen2.5-VL chat template (shipped in TRL), the real image processor with a small pixel budget."""
 
 from __future__ import annotations
