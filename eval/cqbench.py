@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.render import DEFAULT_SD, Renderer
 from mmpc_rl.tasks import get_task
 
@@ -31,6 +32,7 @@ class CQBenchConfig:
     split: str = "cqbench"
     limit: int | None = None  # items per category (the paper: 1000)
     seed: int = 42
+    prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; recorded in results
     output_dir: str = "outputs/cqbench"
     adapter: str | None = None  # a LoRA folder: evaluate base (adapter off) and adapter with one copy of the weights
     batch_size: int = 16
@@ -62,6 +64,7 @@ def parse_config(argv: list[str]) -> CQBenchConfig:
     for task in cfg.tasks:
         if task not in ("i2t", "t2i"):
             raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, ["i2t", "t2i"]))
+        prompt_text(task, cfg.prompt)  # an unknown prompt name fails before any model loads
     if cfg.resize not in ("cv2", "square512"):
         raise ConfigError(f"resize={cfg.resize!r}; valid choices: cv2, square512")
     if not cfg.models:
@@ -148,7 +151,7 @@ def run(cfg: CQBenchConfig) -> dict:
             model = _attach_adapter(model, cfg.adapter)
             arms = [(key, "base"), (f"{key}+{model_key(cfg.adapter)}", "lora")]
         for task_name in cfg.tasks:
-            task = get_task(task_name)
+            task = get_task(task_name, cfg.prompt)
             for arm_key, arm in arms:
                 ctx = model.disable_adapter() if arm == "base" else _nullcontext()
                 with ctx:

@@ -12,6 +12,7 @@ import numpy as np
 
 from mmpc_rl.eval.metrics import METRICS, metrics_for
 from mmpc_rl.io import atomic_write_bytes, atomic_write_text
+from mmpc_rl.prompts import caption
 
 
 def _stats(values: list[float]) -> dict:
@@ -66,6 +67,7 @@ def markdown_tables(results: dict[str, dict[str, dict]]) -> str:
             s = results[model][task]["summary"]
             out.append(f"| {model} | " + " | ".join(_fmt(s.get(m)) for m in names) + " |")
         fails = {m: results[m][task]["status"] for m in models}
+        out += ["", prompt_caption([results[m][task] for m in models])]
         out += ["", "Parse status per model (failures are scored as the text \"error\"): "
                 + "; ".join(f"{m}: " + ", ".join(f"{k} {v}" for k, v in sorted(st.items())) for m, st in
                             fails.items()), ""]
@@ -92,7 +94,15 @@ def delta_table(base: dict, lora: dict, task: str, base_name: str = "Base", lora
         lines.append(f"| {scope} | {base_name} | " + " | ".join(_fmt(b.get(m)) for m in names) + " |")
         lines.append(f"| {scope} | {lora_name} | " + " | ".join(_fmt(a.get(m)) for m in names) + " |")
         lines.append(f"| {scope} | Δ | " + " | ".join(_delta(b.get(m), a.get(m)) for m in names) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", prompt_caption([base, lora])]) + "\n"
+
+
+def prompt_caption(results: list[dict]) -> str:
+    """Which prompt produced these numbers; a table mixing prompts says so, since the rows are then not comparable."""
+    names = list(dict.fromkeys(r.get("prompt") for r in results))
+    if len(names) == 1:
+        return caption(names[0])
+    return "Prompts differ between rows, so they are not comparable: " + "; ".join(caption(n) for n in names)
 
 
 def _delta(b: dict | None, a: dict | None) -> str:

@@ -129,7 +129,8 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
             if rec["key"] not in have:
                 append_jsonl(results_path, rec)
     ordered = [records[item_key(it)] for it in items if item_key(it) in records]
-    return aggregate(ordered, task.name)
+    # the prompt changes every number: the result says which one produced it (tables print it as a caption)
+    return {**aggregate(ordered, task.name), "prompt": task.prompt_name}
 
 
 def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: Scorers, *, max_new: int,

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.io import atomic_write_text
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 
 TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -54,6 +55,7 @@ class DataConfig:
     limit_per_category: int | None = None
     seed: int = 42
     text_field: str = "title"
+    prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     image_size: int | None = None  # longest side of the policy's input image; None keeps the file's size
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
@@ -313,6 +315,7 @@ def build_recipe(raw: dict) -> Recipe:
         given = _mapping(name, raw.get(name))
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
         sections[name] = schema(**given)
+    prompt_text(raw["task"], sections["data"].prompt)  # an unknown prompt name fails here, not after model loading
     if sections["model"].dtype not in DTYPES:
         raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
     lora = _mapping("lora", raw.get("lora"))

@@ -1,5 +1,6 @@
 """The two completion tasks. One task object serves the GRPO dataset, the rewards and CQBench: it owns the prompt,
-the JSON key the model must answer with, and the parser that turns a completion into that answer.
+the JSON key the model must answer with, and the parser that turns a completion into that answer. Prompts are
+named (mmpc_rl.prompts); `get_task(name, prompt)` picks one.
 
 The parser follows the authors' evaluation: LangChain's `JsonOutputParser` (a fenced ```json block or the whole text,
 parsed leniently so truncated JSON is closed) and then a regex `{...}` fallback. A completion that still does not
@@ -10,25 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 
-I2T_PROMPT = (
-    "You are an Amazon product title generation assistant. Given only the product image, generate a suitable Amazon "
-    "product title. Generate a JSON object with only the key: 'title'. The title must be in English only, descriptive "
-    "and professional, naming the brand if visible, the product type and its key attributes. Respond with the JSON "
-    'object only, e.g. {"title": "HydroFlow 24oz Stainless Steel Insulated Water Bottle with Leak-Proof Design"}'
-)
-T2I_PROMPT = (
-    "You are an expert prompt writer for a text-to-image diffusion model that creates Amazon product cover images. "
-    "Product description: {description}\n"
-    "Write one image-generation prompt of at most 77 tokens that makes the model render this product as its main "
-    "catalog photo: the product itself, its shape, colour, material and key details, on a clean white background, "
-    "studio lighting, professional e-commerce photography. Generate a JSON object with only the key: 'prompt'. "
-    'Respond with the JSON object only, e.g. {{"prompt": "a matte black stainless steel water bottle, studio photo"}}'
-)
 PARSE_FAILURE_TEXT = "error"  # the authors' code scores this literal string when a completion does not parse
 
 
@@ -119,6 +107,7 @@ class Task:
     prompt: str
     uses_image_input: bool  # i2t: the policy sees the product image
     max_new_tokens: int  # the authors' generation budget
+    prompt_name: str = DEFAULT_PROMPT  # mmpc_rl.prompts: recorded with every CQBench result
 
     def parse(self, completion: str) -> Parsed:
         data = parse_json(completion)
@@ -148,15 +137,16 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "i2t": Task("i2t", key="title", prompt=I2T_PROMPT, uses_image_input=True, max_new_tokens=128),
-    "t2i": Task("t2i", key="prompt", prompt=T2I_PROMPT, uses_image_input=False, max_new_tokens=256),
+    "i2t": Task("i2t", key="title", prompt=prompt_text("i2t"), uses_image_input=True, max_new_tokens=128),
+    "t2i": Task("t2i", key="prompt", prompt=prompt_text("t2i"), uses_image_input=False, max_new_tokens=256),
 }
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, prompt: str = DEFAULT_PROMPT) -> Task:
+    """The task with the named prompt (mmpc_rl.prompts: `paper`, the authors' wording, or `detailed`)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}" + did_you_mean(name, TASKS))
-    return TASKS[name]
+    return replace(TASKS[name], prompt=prompt_text(name, prompt), prompt_name=prompt)
 
 
 def completion_text(completion: Any) -> str:

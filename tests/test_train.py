@@ -149,8 +149,10 @@ def test_qlora_loads_the_policy_4bit_nf4_and_trains_a_step(tmp_path, tiny_qwen):
     assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_the_demo_policy_answers_held_out_items_in_json():
-    """The demo starts from tiny://qwen2.5-vl-sft so that its format reward and CQBench numbers can move."""
+def test_the_demo_policy_answers_held_out_items_in_json_only_sometimes():
+    """The demo starts from tiny://qwen2.5-vl-sft, briefly fine-tuned: some greedy answers parse (a random policy's
+    never do, and nothing could move), some do not, so the format is still there for GRPO to learn and CQBench to
+    show."""
     from PIL import Image
 
     from mmpc_rl.config import ModelConfig
@@ -167,7 +169,7 @@ def test_the_demo_policy_answers_held_out_items_in_json():
         out = model.generate(**enc, max_new_tokens=40, do_sample=False)
         statuses.append(task.parse(proc.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                      skip_special_tokens=True)[0]).status)
-    assert statuses.count("ok") >= 5, statuses
+    assert 0 < statuses.count("ok") < len(statuses), statuses
 
 
 def test_policy_placement_is_explicit_on_gpus():

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if results["arms"]:
                 print(f"mmpc-rl: resuming {path}: arm(s) {', '.join(results['arms'])} already measured")
 
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe.data.prompt)
     processor = bench.build_processor(opts.shape)
     dataset = bench.synthetic_dataset(task, 2 * (opts.warmup + opts.steps) + 2, opts.image_size, opts.seed)
     if opts.rewards == "stub":

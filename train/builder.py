@@ -90,7 +90,7 @@ def policy_device_map(args, model_cfg, cpu: bool):
 def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list | None = None,
                   train_dataset=None) -> GRPOTrainer:
     """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st})."""
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe.data.prompt)
     args = build_grpo_config(recipe)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:

@@ -110,6 +110,15 @@ def draw_image(colour: str, shape: str, size: tuple[int, int], rng: random.Rando
     return buf.getvalue()
 
 
+def catalog_words() -> list[str]:
+    """Every word the sample titles are made of, one phrase per line (the tiny tokenizer's training text)."""
+    phrases = list(COLOURS)
+    for v in VOCAB.values():
+        phrases += [*v["brands"], *v["adjectives"], *v["nouns"], *v["attributes"]]
+    brands = [b for v in VOCAB.values() for b in v["brands"]]
+    return [f" {p}" for p in phrases] + [f'{{"title": "{b}' for b in brands]  # a title's first word follows a quote
+
+
 def _asin(rng: random.Random) -> str:
     return "B0" + "".join(rng.choice(_ALNUM) for _ in range(8))
 

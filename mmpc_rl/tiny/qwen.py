@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-VL (≈190k parameters) with a real processor: byte-level BPE trained in-process on product
+"""A tiny random Qwen2.5-VL (≈225k parameters) with a real processor: byte-level BPE trained in-process on product
 text, the original Qwen2.5-VL chat template (shipped in TRL), the real image processor with a small pixel budget."""
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ CORPUS = [
 ]
 
 
+VOCAB_SIZE = 1024
+
+
 def build_processor():
     import trl
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from mmpc_rl.tasks import I2T_PROMPT, T2I_PROMPT
+    from mmpc_rl.data.sample import catalog_words
+    from mmpc_rl.prompts import all_prompt_texts
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -36,9 +40,11 @@ def build_processor():
         pre_tokenizers.Split(Regex(SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 20 + [I2T_PROMPT, T2I_PROMPT] * 5, trainer=trainer)
+    # the sample catalog's words too, as a real tokenizer has common product words: a colour or product noun is a
+    # token or two, so a title fits the demo's completion budget and the policy can learn it word by word
+    tok.train_from_iterator(CORPUS * 20 + all_prompt_texts() * 5 + catalog_words() * 20, trainer=trainer)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
               for m in json.loads(tok.to_str())["model"]["merges"]]
     template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text()
@@ -54,7 +60,7 @@ def build_processor():
                                video_processor=Qwen2VLVideoProcessor(), chat_template=template)
 
 
-VERSION = "2"  # bump when the tiny model changes: cached copies are rebuilt
+VERSION = "3"  # bump when the tiny model changes: cached copies are rebuilt
 # Default-scale init (0.02) makes a 64-wide model's next-token distribution uniform (entropy = ln(vocab)) and GRPO
 # then has nothing to move; a larger init gives peaked, varied distributions like a real policy's.
 INIT_RANGE = 0.2

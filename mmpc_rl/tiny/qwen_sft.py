@@ -1,7 +1,9 @@
 """The tiny Qwen2.5-VL after a few seconds of supervised fine-tuning on the sample catalog's training items, so
-that it already answers `{"title": "..."}` for a product image. The demo starts from it: a random policy never
+that it has seen `{"title": "..."}` answers for product images. The demo starts from it: a random policy never
 writes valid JSON, so its format reward is flat at 0 and CQBench scores only the literal "error", and a user
-would see a pipeline that cannot move. Tests use the random `tiny://qwen2.5-vl`.
+would see a pipeline that cannot move. The SFT is deliberately short (STEPS): the policy writes valid JSON about
+half the time and its greedy answer often is not JSON, so the demo's GRPO has the format and the title to learn,
+and the before/after CQBench shows it. Tests use the random `tiny://qwen2.5-vl`.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-VERSION = "1"
-STEPS = 120
+VERSION = "2"
+STEPS = 25  # measured: after 40 every greedy held-out answer already parsed, leaving only titles to learn
 BATCH = 8
+LR = 3e-3
 
 
 def _examples(processor, items: list[dict]):
@@ -47,7 +50,7 @@ def build(out_dir: str | Path, seed: int = 0) -> Path:
     model = qwen.build_model(len(processor.tokenizer), seed=seed)
     # only the training split: CQBench's held-out items stay unseen, so before/after numbers mean something
     examples = _examples(processor, load_items("sample", split="train"))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(STEPS):

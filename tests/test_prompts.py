@@ -1,0 +1,90 @@
+"""Named prompts: the authors' wording by default, the project's detailed prompt on request, and every CQBench result
+saying which prompt produced it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmpc_rl.errors import ConfigError
+from mmpc_rl.prompts import DETAILED_I2T, DETAILED_T2I, PAPER_I2T, PAPER_T2I, caption
+from mmpc_rl.tasks import get_task
+
+# phrases of the authors' Qwen2.5-VL prompts (GAIR-Lab/MMPCBench, CQBench/imagine_amazon_data_bench.py)
+AUTHORS_I2T = ["Make sure the output is a valid JSON object that can be parsed. ",
+               "The output must not be empty, blank, or newline — directly give the answer.The title should be",
+               "For example, if the image shows a stainless steel water bottle, you might output:\n{\n  \"title\": "]
+AUTHORS_T2I = ["You are a professional product photographer and prompt engineer. ",
+               "CRITICAL: The prompt must be within 77 tokens maximum. Keep it concise but descriptive.\n\n"
+               "Product description: Acme Red Kettle\n\nExample output format:\n{\n  \"prompt\": "]
+
+
+def test_the_default_prompt_is_the_authors_and_the_detailed_one_is_named():
+    i2t, t2i = get_task("i2t"), get_task("t2i")
+    assert (i2t.prompt_name, i2t.prompt, t2i.prompt_name, t2i.prompt) == ("paper", PAPER_I2T, "paper", PAPER_T2I)
+    assert all(p in i2t.prompt for p in AUTHORS_I2T) and i2t.prompt.endswith("}\nOutput:")
+    t2i_text = t2i.messages({"title": "Acme Red Kettle"})[0]["content"][0]["text"]
+    assert all(p in t2i_text for p in AUTHORS_T2I)
+    # the project's additions live only in the detailed prompt
+    assert "naming the brand" not in i2t.prompt and "naming the brand" in get_task("i2t", "detailed").prompt
+    assert "white background" not in t2i_text and "white background" in DETAILED_T2I
+    detailed = get_task("i2t", "detailed")
+    assert (detailed.prompt_name, detailed.prompt) == ("detailed", DETAILED_I2T)
+    assert detailed.messages({"title": "x"})[0]["content"][1]["text"] == DETAILED_I2T
+
+
+def test_unknown_prompt_fails_at_validation_naming_the_choices():
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.eval.cqbench import parse_config
+
+    with pytest.raises(ConfigError, match=r"unknown prompt 'detaild' \(did you mean 'detailed'\?\)"):
+        load_recipe(["recipe=demo-i2t", "data.prompt=detaild"])
+    with pytest.raises(ConfigError, match="unknown prompt 'papers'"):
+        parse_config(["prompt=papers"])
+    with pytest.raises(ConfigError, match="unknown prompt"):
+        get_task("t2i", "fancy")
+    assert parse_config(["prompt=detailed"]).prompt == "detailed"
+
+
+def test_data_prompt_reaches_the_training_prompts():
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.training import build_dataset
+
+    for name, text in (("paper", PAPER_I2T), ("detailed", DETAILED_I2T)):
+        cfg = load_recipe(["recipe=demo-i2t", f"data.prompt={name}", "data.limit_per_category=1"])
+        ds = build_dataset(cfg, get_task(cfg.task, cfg.data.prompt))
+        assert {row[0]["content"][1]["text"] for row in ds["prompt"]} == {text}
+
+
+def test_tables_caption_the_prompt_and_flag_a_mix():
+    from mmpc_rl.eval.report import aggregate, delta_table, markdown_tables
+
+    rec = {"category": "A", "status": "ok", "metrics": {"token_overlap": 0.5}}
+    paper = {**aggregate([rec], "i2t"), "prompt": "paper"}
+    detailed = {**aggregate([rec], "i2t"), "prompt": "detailed"}
+    assert caption("paper") in markdown_tables({"m": {"i2t": paper}})
+    assert caption("detailed") in delta_table(detailed, detailed, "i2t")
+    mixed = delta_table(paper, detailed, "i2t")
+    assert "not comparable" in mixed and caption("paper") in mixed and caption("detailed") in mixed
+    assert "not recorded" in markdown_tables({"m": {"i2t": aggregate([rec], "i2t")}})  # an old results.json
+
+
+def test_cqbench_run_uses_and_records_the_prompt(tmp_path, monkeypatch, one_thread):
+    from mmpc_rl.eval import cqbench, runner
+
+    seen = []
+    real = runner.generate_batch
+
+    def spy(model, processor, task, items, **kw):
+        seen.append(task.prompt)
+        return real(model, processor, task, items, **kw)
+
+    monkeypatch.setattr(runner, "generate_batch", spy)
+    rc = cqbench.main(["models=[tiny://qwen2.5-vl]", "data=sample", "limit=1", "max_new_tokens=4", "dtype=float32",
+                       "progress=false", "prompt=detailed", f"output_dir={tmp_path}"])
+    assert rc == 0 and set(seen) == {DETAILED_I2T}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["prompt"] == "detailed"
+    assert saved["results"]["tiny-qwen2.5-vl"]["i2t"]["prompt"] == "detailed"
+    assert caption("detailed") in (tmp_path / "tables.md").read_text()
