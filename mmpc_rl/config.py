@@ -56,7 +56,6 @@ class DataConfig:
     seed: int = 42
     text_field: str = "title"
     prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
-    image_size: int | None = None  # longest side of the policy's input image; None keeps the file's size
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
 

@@ -108,7 +108,7 @@ def test_real_shape_is_qwen25_vl_7b():
     (["steps=0"], "steps and new_tokens must be >= 1"),
     (["trainer.bogus=1"], "unknown key trainer.bogus"),
     (["recipe=demo-i2t", "shape=real"], "shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU"),
-    (["compile=maybe"], "compile='maybe'; valid choices: auto, true, false"),
+    (["compile=true"], "unknown option 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
 ])
 def test_option_errors_are_one_line_config_errors(argv, needle):
     with pytest.raises(ConfigError) as e:
@@ -121,21 +121,34 @@ def test_recipe_overrides_pass_through():
     assert (opts.steps, opts.arms, overrides) == (3, ["plain"], ["lora.r=8", "trainer.beta=0.0"])
 
 
-def test_compiled_project_arm_settings():
-    from mmpc_rl.config import load_recipe
+def test_the_project_arm_takes_speed_settings_from_the_recipe():
+    from mmpc_rl.train.recipe import load_training_recipe
 
-    opts, overrides = bench.parse_bench_options(["compile=true", "new_tokens=7", "steps=3", "warmup=2",
-                                           "trainer.gradient_checkpointing=true"])
-    cfg = load_recipe(["recipe=i2t", *overrides])
-    args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
-    assert (args.cache_implementation, args.pad_to_multiple_of, args.gradient_checkpointing) == ("static", 64, False)
-    assert (args.max_steps, args.max_completion_length, args.generation_kwargs) == (5, 7, {"min_new_tokens": 7})
-    assert (args.num_generations, args.per_device_train_batch_size, args.reward_weights) == (4, 4, [1.0, 2.0])
-    plain = bench.plain_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0, 2.0])
-    assert (plain.cache_implementation, plain.pad_to_multiple_of, plain.gradient_checkpointing) == (None, None, True)
+    opts, overrides = bench.parse_bench_options(["new_tokens=7", "steps=3", "warmup=2",
+                                                 "trainer.gradient_checkpointing=true"])
+    recipe = load_training_recipe(["recipe=i2t", *overrides])
+    arm = bench.project_recipe(recipe, opts, group=4, output_dir="/tmp/x")
+    assert (arm.trainer.max_steps, arm.trainer.max_completion_length, arm.trainer.generation_kwargs) == \
+        (5, 7, {"min_new_tokens": 7})
+    assert arm.model.compiled_decoding is True and arm.eval.enabled is False  # the recipe's switch, no CQBench
+    # a G other than the recipe's reopens the micro-batch for the planner; what the user pinned stays as given
+    assert arm.trainer.per_device_train_batch_size is None and arm.trainer.gradient_checkpointing is True
+    from mmpc_rl.train.decoding import compile_on_any_device
 
-    args = bench.project_args(cfg, opts, device="cpu", group=4, output_dir="/tmp/x", reward_weights=[1.0],
-                              user_keys=("trainer.gradient_checkpointing",))
-    assert args.gradient_checkpointing is True  # a speed option the user set explicitly stays as given
-    cc = bench.compile_on_any_device()  # what the project arm compiles with off CUDA
+    cc = compile_on_any_device()  # what the decoding compiles with off CUDA
     assert (cc.backend, cc.mode, cc._compile_all_devices) == ("inductor", "default", True)
+
+
+def test_project_arm_resolves_what_a_training_run_resolves(run):
+    """The project arm is built by build_trainer: every setting that decides speed or the objective equals what a
+    training run of the same recipe (with the benchmark's G and T) resolves."""
+    from mmpc_rl.config import build_grpo_config
+    from mmpc_rl.train.builder import resolve_layout
+    from mmpc_rl.train.recipe import load_training_recipe
+
+    _, _, res = run
+    recipe = load_training_recipe(["recipe=i2t", f"trainer.num_generations={G}", f"trainer.max_completion_length={T}"])
+    training = bench.resolved_settings(build_grpo_config(resolve_layout(recipe)))
+    project = res["arms"]["project"]["settings"]
+    assert {k: project[k] for k in training} == training
+    assert res["arms"]["plain"]["settings"]["gradient_checkpointing"] != training["gradient_checkpointing"]

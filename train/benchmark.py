@@ -2,12 +2,14 @@
 
     mmpc-rl benchmark recipe=i2t shape=real steps=5 new_tokens=128           # one GPU: Qwen2.5-VL-7B shape, G=16
     mmpc-rl benchmark recipe=i2t shape=tiny steps=3 new_tokens=16 num_generations=4 rewards=stub   # CPU, seconds
-    python train/benchmark.py recipe=i2t arms=[project] compile=false lora.r=8 out=outputs/bench-r8
+    python train/benchmark.py recipe=i2t arms=[project] model.compiled_decoding=false lora.r=8 out=outputs/bench-r8
 
 Options: recipe, steps, warmup, shape=real|tiny, arms=[project,plain], new_tokens, num_generations, image_size,
-rewards=recipe|stub, compile=auto|true|false, cache=auto|static|dynamic, out, seed; any recipe key as
-section.key=value. Both arms get the same model, prompts, group size G and completion length T (forced with
-min_new_tokens); the plain arm keeps TRL's defaults except the recipe's algorithm settings. Writes
+rewards=recipe|stub, out, seed; any recipe key as section.key=value (speed settings are recipe keys, e.g.
+model.compiled_decoding, trainer.gradient_checkpointing). The project arm is a training run of the recipe
+(build_trainer: its keys, and the memory plan's layout where the recipe leaves it open); the plain arm keeps TRL's
+defaults except the recipe's algorithm settings. Both get the same model, prompts, group size G and completion
+length T (forced with min_new_tokens). Writes
 out/benchmark.json (each arm as it finishes; a rerun with the same options skips finished arms) and prints a table.
 """
 
@@ -82,19 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(recipe.task, recipe.data.prompt)
     processor = bench.build_processor(opts.shape)
     dataset = bench.synthetic_dataset(task, 2 * (opts.warmup + opts.steps) + 2, opts.image_size, opts.seed)
-    if opts.rewards == "stub":
-        rewards, weights = [bench.stub_reward], [1.0]
-    else:
-        reward_set = build_rewards(recipe.rewards, task, RewardContext(output_dir=opts.out))
-        rewards, weights = list(reward_set), list(reward_set.weights)
-    user_keys = tuple(o.split("=", 1)[0] for o in overrides)
+    rewards = (bench.stub_rewards() if opts.rewards == "stub" else
+               build_rewards(recipe.rewards, task, RewardContext(output_dir=opts.out)))
     for arm in opts.arms:
         if arm in results["arms"]:
             continue
         print(f"mmpc-rl: benchmark arm {arm!r}: {opts.warmup} warm-up + {opts.steps} measured steps")
         results["arms"][arm] = bench.run_arm(arm, recipe, opts, processor=processor, dataset=dataset, rewards=rewards,
-                                             reward_weights=weights, device=device, dtype=dtype, group=group,
-                                             user_keys=user_keys)
+                                             device=device, dtype=dtype, group=group)
         atomic_write_json(path, results)  # a kill loses at most the arm in progress
     results["ratio"] = ratios(results["arms"])
     atomic_write_json(path, results)

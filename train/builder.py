@@ -11,9 +11,11 @@ from trl import GRPOTrainer
 from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, save_config
 from mmpc_rl.data import load_items
 from mmpc_rl.data.skips import drop_undecodable_images
-from mmpc_rl.errors import DataError
+from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.models import load_policy
+from mmpc_rl.plan import device_gb, plan_recipe
+from mmpc_rl.plan.recipe import layout_overrides
 from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
 from mmpc_rl.tasks import Task, get_task
 from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger, RunEnd, SafeCheckpoints, init_wandb, prepare_args
@@ -87,9 +89,56 @@ def policy_device_map(args, model_cfg, cpu: bool):
     return {"": args.distributed_state.device}
 
 
+LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")
+
+
+def on_gpu(recipe: Recipe) -> bool:
+    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu")
+
+
+def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
+    """The recipe with its memory layout decided, for training and the benchmark's project arm alike.
+
+    On a GPU (or for `gpu_gb`), the memory planner (mmpc_rl.plan) predicts the peak of one GRPO step: where the recipe
+    leaves the layout open (`per_device_train_batch_size`, `gradient_accumulation_steps`, `gradient_checkpointing`
+    unset, as in the shipped GPU recipes) it takes the fastest layout that fits without changing the objective (one
+    whole group per optimizer step; checkpointing off first, then smaller micro-batches, then checkpointing on); a
+    pinned layout predicted not to fit stops here, before any model loads, naming one that fits. On CPU the open
+    keys become one whole group per micro-batch without checkpointing (host memory is not planned)."""
+    open_keys = [k for k in LAYOUT_KEYS if recipe.trainer.get(k) is None]
+    if gpu_gb is None and not on_gpu(recipe):
+        if not open_keys:
+            return recipe
+        group = int(recipe.trainer.get("num_generations") or 8)
+        fill = {"per_device_train_batch_size": group, "gradient_accumulation_steps": 1,
+                "gradient_checkpointing": False}
+        return recipe.replace(trainer={k: fill[k] for k in open_keys})
+    gpu_gb = device_gb() if gpu_gb is None else gpu_gb
+    # this trainer keeps QLoRA adapters fp32 and upcasts nothing else (keep_trainable_fp32, build_policy)
+    result = plan_recipe(recipe, gpu_gb, kbit_upcast=False, qlora_fp32_adapters=True)
+    s = result.settings
+    if not result.fits:
+        fitting = s.get("fitting_layout")
+        hint = (f"; a layout that fits: {layout_overrides(fitting)}" if fitting else
+                "; no layout fits: try model.qlora=true, a smaller trainer.num_generations or "
+                "trainer.max_completion_length, or a bigger GPU")
+        raise ConfigError(f"predicted peak {result.peak_gb:.1f} GiB of {gpu_gb:.0f} GiB GPU memory at the "
+                          f"{result.phase} with {layout_overrides(s)}{hint} (mmpc-rl plan recipe={recipe.name})")
+    if not open_keys:
+        return recipe
+    chosen = {"per_device_train_batch_size": s["micro_batch"], "gradient_accumulation_steps": s["grad_accum"],
+              "gradient_checkpointing": bool(s["gradient_checkpointing"])}
+    print(f"mmpc-rl: memory plan: {layout_overrides(s)} (predicted peak {result.peak_gb:.1f} GiB of "
+          f"{gpu_gb:.0f} GiB; `mmpc-rl plan recipe={recipe.name}` shows the breakdown)")
+    return recipe.replace(trainer={k: chosen[k] for k in open_keys})
+
+
 def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list | None = None,
-                  train_dataset=None) -> GRPOTrainer:
-    """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st})."""
+                  train_dataset=None, policy=None, rewards: RewardSet | None = None) -> GRPOTrainer:
+    """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st}); `policy`
+    a (model, processor) pair and `rewards` a built RewardSet (the speed harness's random-weight model and stub
+    reward), so that a benchmark arm is built exactly like a training run."""
+    recipe = resolve_layout(recipe)
     task = get_task(recipe.task, recipe.data.prompt)
     args = build_grpo_config(recipe)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -98,12 +147,12 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     prepare_args(args, task)
     context = RewardContext(models=dict(models or {}), output_dir=args.output_dir,
                             is_main_process=args.process_index == 0)
-    rewards = build_rewards(recipe.rewards, task, context)
+    rewards = rewards if rewards is not None else build_rewards(recipe.rewards, task, context)
     args.reward_weights = list(rewards.weights)  # TRL pairs weights with functions by position: from one set
     recorder = CompletionRecorder()  # per-reward timings + the completions table, fed by wrapping each reward
     train_dataset = train_dataset if train_dataset is not None else build_dataset(recipe, task)
     train_dataset = drop_undecodable_images(train_dataset, args.output_dir)  # counted skip, not a crash
-    model, processor = build_policy(recipe, args)
+    model, processor = policy if policy is not None else build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
     cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),

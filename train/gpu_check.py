@@ -69,9 +69,8 @@ def parse(argv: list[str]) -> CheckOptions:
 # ------------------------------------------------------------------------------------------------ sections
 def grpo(opts: CheckOptions, device: str, qlora: bool = False) -> dict:
     """Both arms (or, for qlora, the project arm on a 4-bit model) through the benchmark's own run_arm."""
-
-    # transformers does not compile bitsandbytes layers, and a static cache without compilation only adds copies
-    cfg = load_recipe(["recipe=i2t", *(["model.qlora=true", "trainer.cache_implementation=null"] if qlora else [])])
+    # the training path decides the rest: compiled decoding falls back (logged) for bitsandbytes layers
+    cfg = load_recipe(["recipe=i2t", *(["model.qlora=true"] if qlora else [])])
     shape = "tiny" if opts.dry else "real"
     bopts = bench.BenchOptions(recipe="i2t", steps=opts.steps, warmup=opts.warmup, shape=shape,
                                new_tokens=opts.new_tokens, num_generations=opts.group, rewards="stub",
@@ -79,22 +78,20 @@ def grpo(opts: CheckOptions, device: str, qlora: bool = False) -> dict:
     dtype = torch_dtype(cfg.model.dtype if device == "cuda" else "float32")
     processor = bench.build_processor(shape)
     dataset = bench.synthetic_dataset(get_task("i2t"), 2 * (opts.warmup + opts.steps) + 2, bopts.image_size)
-    common = dict(processor=processor, dataset=dataset, rewards=[bench.stub_reward], reward_weights=[1.0],
-                  device=device, dtype=dtype, group=opts.group)
+    common = dict(processor=processor, dataset=dataset, rewards=bench.stub_rewards(), device=device, dtype=dtype,
+                  group=opts.group)
     if qlora:
-        arm = bench.run_arm("project", cfg, bopts, model=quantized_model(processor, bopts.out, dtype),
-                            user_keys=("trainer.cache_implementation",), **common)
+        arm = bench.run_arm("project", cfg, bopts, model=quantized_model(processor, bopts.out, dtype), **common)
         return {"arms": {"project_qlora": arm}}
     arms = {arm: bench.run_arm(arm, cfg, bopts, **common) for arm in ("plain", "project")}
     return {"arms": arms, "ratio": ratios(arms)}
 
 
 def quantized_model(processor, folder: str, dtype):
-    """The random 7B-shaped policy in 4-bit NF4: bitsandbytes quantizes while loading, so save it and reload."""
+    """The random 7B-shaped policy in 4-bit NF4: bitsandbytes quantizes while loading, so save it and reload. As
+    in training (train.builder.build_policy), nothing is upcast to fp32."""
     import torch
-    from peft import prepare_model_for_kbit_training
     from transformers import Qwen2_5_VLForConditionalGeneration
-
 
     path = Path(folder) / "random-7b"
     model = bench.build_model("real", processor, device="cuda", dtype=dtype)
@@ -103,7 +100,7 @@ def quantized_model(processor, folder: str, dtype):
     torch.cuda.empty_cache()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, quantization_config=bnb_config("bfloat16"),
                                                                 dtype=dtype, device_map={"": 0})
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
 
 
 def sd35_pipeline(dry: bool, device: str):

@@ -1,6 +1,7 @@
-"""The GRPO speed harness behind `mmpc-rl benchmark`: two arms on the same random-weight model, prompts, group size and
-completion length; one arm with the project's settings, one with plain TRL defaults. Weights are random (nothing is
-downloaded), shapes are real, so compute and memory costs are real."""
+"""The GRPO speed harness behind `mmpc-rl benchmark`: two arms on the same random-weight model, prompts, group size
+and completion length. The project arm is a training run of the recipe (`build_trainer`: its speed keys and the
+memory plan's layout); the plain arm keeps TRL's defaults. Weights are random (nothing is downloaded), shapes are
+real, so compute and memory costs are real."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, parse_options
+from mmpc_rl.config import Recipe, build_lora_config, parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.train.decoding import compile_on_any_device, enable_compiled_decoding
+from mmpc_rl.rewards import Reward, RewardSet
+from mmpc_rl.train.builder import build_trainer, task_rows
 
 ARMS = ("project", "plain")
 SHAPES = ("real", "tiny")
@@ -35,8 +37,6 @@ class BenchOptions:
     num_generations: int | None = None  # group size G; None: the recipe's
     image_size: int = 448  # side of the square input image (448 px = 256 image tokens at the real processor)
     rewards: str = "recipe"  # recipe: the recipe's reward functions; stub: a free length reward (no reward model)
-    compile: str = "auto"  # project arm: compiled decoding (auto: on CUDA only; inductor on CPU costs minutes)
-    cache: str = "auto"  # project arm: static | dynamic KV cache (auto: static with compile, else dynamic)
     out: str = "outputs/benchmark"
     seed: int = 0
 
@@ -46,9 +46,7 @@ def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True,
                                       noun="option")
     opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
-    for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub")),
-                               ("compile", str(opts.compile).lower(), ("auto", "true", "false")),
-                               ("cache", opts.cache, ("auto", "static", "dynamic"))]:
+    for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub"))]:
         if value not in valid:
             raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(valid)}")
     for arm in opts.arms:
@@ -101,7 +99,6 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
     from datasets import Dataset, Image
     from PIL import Image as PILImage
 
-    from mmpc_rl.train.builder import task_rows
 
     rng = np.random.default_rng(seed)
     titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]
@@ -114,6 +111,10 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
 def stub_reward(completion_ids, **_):
     """Free and never constant within a group: a stand-in when no reward model is at hand."""
     return [float(sum(ids) % 7) for ids in completion_ids]
+
+
+def stub_rewards() -> RewardSet:
+    return RewardSet(("stub_reward",), (Reward("stub_reward", stub_reward),), (1.0,))
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -229,28 +230,19 @@ def release() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the two arms
-def project_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, output_dir: str,
-                 reward_weights: list[float], user_keys: tuple[str, ...] = ()):
-    """The recipe's GRPOConfig plus speed options that leave the algorithm alone; a speed option the user set on the
-    command line (`user_keys`, e.g. trainer.gradient_checkpointing=true when memory is short) is left as given."""
-    compiled = compiled_generation(opts, device)
-    trainer = dict(recipe.trainer)
-    # The 7B bf16 LoRA step peaked at 23 GB of 80 with checkpointing on (plain-TRL anchor): room to skip recomputing.
-    speed = {"gradient_checkpointing": False,
-             "cache_implementation": "static" if use_static_cache(opts, device) else None}
-    if compiled and trainer.get("pad_to_multiple_of", "auto") == "auto":
-        speed["pad_to_multiple_of"] = 64  # a few prompt lengths, so a few compiled graphs, when image sizes vary
+def project_recipe(recipe: Recipe, opts: BenchOptions, *, group: int, output_dir: str) -> Recipe:
+    """The recipe as a training run of it resolves, with only what a measurement must fix: step count, G, forced
+    completion length T, seed and where it writes (no checkpoints, no W&B, no CQBench). Speed settings are the
+    recipe's own keys (`model.compiled_decoding`, `trainer.*`), and the memory layout is what build_trainer's
+    resolve_layout picks for it; a G other than the recipe's reopens a micro-batch pinned for the recipe's own G."""
     run = {"output_dir": output_dir, "max_steps": opts.warmup + opts.steps, "num_generations": group,
-           "per_device_train_batch_size": group, "gradient_accumulation_steps": 1, "steps_per_generation": None,
-           "generation_batch_size": None, "max_completion_length": opts.new_tokens,
-           "generation_kwargs": {**(trainer.get("generation_kwargs") or {}), "min_new_tokens": opts.new_tokens},
+           "max_completion_length": opts.new_tokens,
+           "generation_kwargs": {**(recipe.trainer.get("generation_kwargs") or {}), "min_new_tokens": opts.new_tokens},
            "save_strategy": "no", "report_to": "none", "logging_steps": 1, "log_completions": False,
            "resume_from_checkpoint": None, "seed": opts.seed}
-    speed = {k: v for k, v in speed.items() if f"trainer.{k}" not in user_keys}
-    args = build_grpo_config(recipe.replace(trainer={**speed, **run}))
-    args.reward_weights = list(reward_weights)
-    return args
-
+    if group != recipe.trainer.get("num_generations"):  # a micro-batch sized for another G: the planner re-picks it
+        run.update(per_device_train_batch_size=None, gradient_accumulation_steps=None)
+    return recipe.replace(trainer=run, eval=dataclasses.replace(recipe.eval, enabled=False))
 
 def plain_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, output_dir: str,
                reward_weights: list[float]):
@@ -265,51 +257,37 @@ def plain_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, o
                       save_strategy="no", report_to="none", logging_steps=1, use_cpu=device == "cpu")
 
 
-def compiled_generation(opts: BenchOptions, device: str) -> bool:
-    return str(opts.compile).lower() == "true" or (str(opts.compile).lower() == "auto" and device == "cuda")
-
-
-def use_static_cache(opts: BenchOptions, device: str) -> bool:
-    # A static cache without compilation only adds copies; its point is the fixed shapes a compiled graph needs.
-    return opts.cache == "static" or (opts.cache == "auto" and compiled_generation(opts, device))
-
-
-def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards, reward_weights,
-            device: str, dtype, group: int, user_keys: tuple[str, ...] = (), model=None) -> dict:
+def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards: RewardSet, device: str,
+            dtype, group: int, model=None) -> dict:
     """Train warmup+steps GRPO steps of one arm on a fresh copy of the model (or on `model`, e.g. a 4-bit one);
-    its timings and peak memory."""
+    its timings and peak memory. The project arm is `build_trainer` itself (a training run of the recipe, given this
+    model and these rewards); the plain arm is a bare GRPOTrainer with TRL's defaults."""
     from trl import GRPOTrainer
 
     output_dir = os.path.join(opts.out, arm)
-    if arm == "project":
-        args = project_args(recipe, opts, device=device, group=group, output_dir=output_dir,
-                            reward_weights=reward_weights, user_keys=user_keys)
-    else:
-        args = plain_args(recipe, opts, device=device, group=group, output_dir=output_dir,
-                          reward_weights=reward_weights)
     release()
     reset_peak_memory(device)
     if model is None:
         model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
     timer = StepTimer(device)
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=processor, peft_config=build_lora_config(recipe),
-                          callbacks=[timer.callback()])
-    decoding = None
-    if arm == "project" and compiled_generation(opts, device):  # the training run's implementation
-        off_cuda = None if device == "cuda" else compile_on_any_device()
-        decoding = enable_compiled_decoding(trainer, compile_config=off_cuda)
-    compiled = bool(decoding and decoding.enabled)
+    if arm == "project":
+        trainer = build_trainer(project_recipe(recipe, opts, group=group, output_dir=output_dir),
+                                policy=(model, processor), train_dataset=dataset, rewards=rewards,
+                                callbacks=[timer.callback()])
+    else:
+        args = plain_args(recipe, opts, device=device, group=group, output_dir=output_dir,
+                          reward_weights=list(rewards.weights))
+        trainer = GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=dataset,
+                              processing_class=processor, peft_config=build_lora_config(recipe),
+                              callbacks=[timer.callback()])
+    args = trainer.args
+    decoding = getattr(trainer, "decoding_stats", None)
     timer.wrap_generate(trainer.model)
     trainer.train()
     peak, kind = peak_memory_gb(device)
     result = timer.summary(opts.warmup, group)
     result.update(peak_mem_gb=round(peak, 3), peak_mem_kind=kind, settings={
-        "gradient_checkpointing": bool(args.gradient_checkpointing), "bf16": bool(args.bf16),
-        "cache_implementation": args.cache_implementation, "compiled_generation": compiled,
-        "pad_to_multiple_of": args.pad_to_multiple_of, "loss_type": args.loss_type, "beta": args.beta,
-        "epsilon": args.epsilon, "epsilon_high": args.epsilon_high, "learning_rate": args.learning_rate,
-        "scale_rewards": args.scale_rewards, "temperature": args.temperature,
+        **resolved_settings(args), "compiled_generation": bool(decoding and decoding.enabled),
         "model_dtype": str(dtype).replace("torch.", ""), "attn_implementation": model.config._attn_implementation})
     if decoding is not None:
         result["decoding"] = {**dataclasses.asdict(decoding), "recompiles": decoding.recompiles}
@@ -317,3 +295,11 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
     del trainer, model
     release()
     return result
+
+
+def resolved_settings(args) -> dict:
+    """What decides speed and the objective in a GRPOConfig: compared between an arm and a training run."""
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
+            "gradient_checkpointing", "bf16", "cache_implementation", "pad_to_multiple_of", "loss_type", "beta",
+            "epsilon", "epsilon_high", "learning_rate", "scale_rewards", "temperature", "num_generations")
+    return {k: getattr(args, k) for k in keys}

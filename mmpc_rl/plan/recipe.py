@@ -8,6 +8,7 @@ import math
 
 from mmpc_rl.plan.memory import GIB, Plan, PlanInputs, RewardModel, choose_layout, plan
 from mmpc_rl.plan.shapes import image_tokens, model_shape
+from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 
 # GRPOConfig defaults in TRL 1.16 (trl/trainer/grpo_config.py) for keys a recipe leaves out.
 TRL_DEFAULTS = {"num_generations": 8, "max_completion_length": 512, "beta": 0.0}
@@ -30,10 +31,9 @@ def _get(section, key, default=None):
     return default if value is None else value
 
 
-def estimated_prompt_tokens(task: str) -> int:
-    from mmpc_rl.tasks import I2T_PROMPT, T2I_PROMPT
-
-    text = I2T_PROMPT if task == "i2t" else T2I_PROMPT.format(description="x" * TITLE_CHARS)
+def estimated_prompt_tokens(task: str, prompt: str = DEFAULT_PROMPT) -> int:
+    text = prompt_text(task, prompt)
+    text = text.format(description="x" * TITLE_CHARS) if "{description}" in text else text
     return TEMPLATE_TOKENS + math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
@@ -66,22 +66,21 @@ def reward_models(rewards) -> tuple[list[RewardModel], list[str]]:
 
 
 def inputs_from_recipe(recipe, *, image_px: int | None = None, prompt_tokens: int | None = None,
-                       device: str = "cuda", kbit_upcast: bool = True,
-                       qlora_fp32_adapters: bool = False) -> PlanInputs:
-    """PlanInputs for `recipe`. The two QLoRA switches describe the trainer, not the recipe: today's
-    training.build_trainer calls prepare_model_for_kbit_training (non-NF4 weights to fp32: kbit_upcast) and leaves
-    TRL's bf16 cast of the adapters (qlora_fp32_adapters=False); whoever changes that passes the new values."""
+                       device: str = "cuda", kbit_upcast: bool = False,
+                       qlora_fp32_adapters: bool = True) -> PlanInputs:
+    """PlanInputs for `recipe`. The two QLoRA switches describe the trainer, not the recipe: train.builder upcasts no
+    non-NF4 weight to fp32 (kbit_upcast=False: no prepare_model_for_kbit_training) and keeps the adapters fp32 after
+    TRL's bf16 cast (qlora_fp32_adapters=True). Plain TRL (the anchors) is kbit_upcast=False, adapters bf16."""
     model, trainer, lora = recipe.model, recipe.trainer, recipe.get("lora") if hasattr(recipe, "get") else recipe.lora
     shape = model_shape(str(model.name_or_path), _get(model, "revision"))
     task = str(recipe.task)
     notes = []
     if shape.source == "built-in":
         notes.append(f"{shape.name} is not cached here: planned from the built-in shape table (nothing downloaded)")
-    data = recipe.get("data") if hasattr(recipe, "get") else getattr(recipe, "data", None)
-    px = image_px or _get(data, "image_size") or DEFAULT_IMAGE_PX  # data.image_size: the longest side fed in
+    px = image_px or DEFAULT_IMAGE_PX
     n_image = image_tokens(shape, px, px, _get(model, "min_pixels"), _get(model, "max_pixels")) if task == "i2t" else 0
     if prompt_tokens is None:
-        prompt_tokens = estimated_prompt_tokens(task)
+        prompt_tokens = estimated_prompt_tokens(task, _get(recipe.data, "prompt", DEFAULT_PROMPT))
         notes.append(f"prompt text ~{prompt_tokens} tokens (estimated; set prompt_tokens=N)")
     if task == "i2t":
         notes.append(f"one {px}x{px} image -> {n_image} image tokens")
