@@ -201,11 +201,14 @@ def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = 
     With `recipe_keys`, `section.key=value` pairs for a recipe section (and `recipe=` when the schema has no field of
     that name) are returned apart, as overrides for `load_recipe`: `(options, overrides)`. `noun` names an argument
     in errors ("unknown key 'x'" / "unknown option 'x'"), as each subcommand has always said it."""
-    valid = [f.name for f in dataclasses.fields(schema)]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    valid = list(fields)
     given, overrides = [], []
     for key, value in split_pairs(argv):
         top = key.split(".", 1)[0]
         if top in valid:
+            if key == top and "list" in str(fields[key].type) and value and not value.startswith("["):
+                value = f"[{value}]"  # generated=file.jsonl, arms=plain: a one-element list
             given.append((key, value))
         elif recipe_keys and (top in TOP_LEVEL and ("." in key or top in ("recipe", "task"))):
             overrides.append(f"{key}={value}")

@@ -213,6 +213,9 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
 def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
     """Killed during "before", resumed from a checkpoint with a trained adapter: the items the first pass left are
     generated with the adapter off, so "before" equals a fresh pass of the base model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
     from mmpc_rl.config import load_recipe
     from mmpc_rl.eval.runner import evaluate
     from mmpc_rl.models import load_policy
@@ -222,9 +225,14 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
 
     common = [f"trainer.output_dir={tmp_path}", "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
               "trainer.max_completion_length=4", "data.limit_per_category=1", "eval.items_per_category=1",
-              "eval.max_new_tokens=8", "trainer.learning_rate=0.3", "trainer.lr_scheduler_type=constant",
-              "trainer.save_strategy=steps", "trainer.save_steps=2"]
+              "eval.max_new_tokens=8", "trainer.learning_rate=0", "trainer.save_strategy=steps",
+              "trainer.save_steps=2"]
     build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=2", *common]), models={"minilm": minilm}).train()
+    # the checkpoint's adapter, made far from the base (two tiny GRPO steps may leave greedy outputs as they were)
+    weights = tmp_path / "checkpoint-2" / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    torch.manual_seed(0)
+    save_file({k: torch.randn_like(v) if "lora_B" in k else v for k, v in state.items()}, str(weights))
     before = tmp_path / "cqbench" / "before" / "items.jsonl"
     before.write_text(before.read_text().splitlines()[0] + "\n")  # the first "before" pass got one item done
     resumed = build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=3", *common]),

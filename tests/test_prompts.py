@@ -49,7 +49,7 @@ def test_unknown_prompt_fails_at_validation_naming_the_choices():
 
 def test_data_prompt_reaches_the_training_prompts():
     from mmpc_rl.config import load_recipe
-    from mmpc_rl.training import build_dataset
+    from mmpc_rl.train.builder import build_dataset
 
     for name, text in (("paper", PAPER_I2T), ("detailed", DETAILED_I2T)):
         cfg = load_recipe(["recipe=demo-i2t", f"data.prompt={name}", "data.limit_per_category=1"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from mmpc_rl.config import parse_options
 from mmpc_rl.recbench.bench import RecBenchConfig, run
 
@@ -12,14 +10,7 @@ USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbenc
 
 
 def parse_config(argv: list[str]) -> RecBenchConfig:
-    fields = {f.name: f for f in dataclasses.fields(RecBenchConfig)}
-    fixed = []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if key in fields and "list" in str(fields[key].type) and value and not value.startswith("["):
-            value = f"[{value}]"  # generated=file.jsonl means a one-element list
-        fixed.append(f"{key}={value}" if sep else item)
-    return parse_options(RecBenchConfig, fixed, "mmpc-rl recbench")
+    return parse_options(RecBenchConfig, argv, "mmpc-rl recbench")  # generated=file.jsonl: a one-element list
 
 
 def main(argv: list[str]) -> int:
