@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("mmpc_rl")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -60,22 +64,49 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> Iterator[dict]:
-    """Yield records; a torn final line (a kill mid-write) is skipped, and truncated away when `repair`."""
+def read_jsonl(path: str | os.PathLike, *, repair: bool = False, skipped: list | None = None) -> Iterator[dict]:
+    """Yield records. Only a torn *last* line (no newline: a kill mid-write) is dropped, and truncated away when
+    `repair`; a bad line elsewhere is skipped, counted in `skipped` (line numbers) and warned about, never taken as
+    the end of the file, so the good records after it are kept."""
     path = Path(path)
     if not path.exists():
         return
-    good_bytes = 0
+    good_bytes, lineno, bad = 0, 0, []
     with open(path, "rb") as f:
         for raw in f:
+            lineno += 1
             if not raw.endswith(b"\n"):
-                break
+                break  # torn tail: only the last chunk of a file can lack its newline
+            good_bytes += len(raw)
+            if not raw.strip():
+                continue
             try:
                 rec = json.loads(raw)
-            except ValueError:
-                break
-            good_bytes += len(raw)
+            except (ValueError, RecursionError):
+                rec = None
+            if not isinstance(rec, dict):
+                bad.append(lineno)
+                continue
             yield rec
+    if bad:
+        if skipped is not None:
+            skipped.extend(bad)
+        log.warning("%s: skipped %d malformed line(s) (e.g. line %d)", path, len(bad), bad[0])
     if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
+
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_MAX_NAME = 150
+
+
+def safe_name(text: object) -> str:
+    """A file-name component for an id that came from data: letters, digits, `_` and `-` stay, every other byte is
+    %XX, so the result is one component (no separator, no `.`/`..`, never absolute) and distinct ids stay distinct.
+    Long ids end in a hash (`~` marks it; `~` is otherwise always escaped) to stay under file-name limits."""
+    raw = str(text).encode("utf-8", "surrogatepass")
+    name = "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in raw) or "%"
+    if len(name) > _MAX_NAME:
+        name = f"{name[:_MAX_NAME - 42]}~{hashlib.sha1(raw).hexdigest()}"
+    return name
