@@ -30,17 +30,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def _dumps(obj: Any, **kw) -> str:
+    """JSON text that always encodes as UTF-8: a lone surrogate (an undecodable byte in an id) is \\u-escaped."""
+    text = json.dumps(obj, ensure_ascii=False, default=_default, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, default=_default, **kw)
+    return text
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_default) + "\n")
+    return atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, records) -> Path:
     """A whole JSONL file, one record a line, written atomically."""
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
 
 
 def _default(o: Any) -> Any:
@@ -57,7 +67,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one record as one line, flushed and fsynced, so a kill loses at most the line being written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False, default=_default) + "\n"
+    line = _dumps(record) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
