@@ -286,3 +286,46 @@ def test_relative_out_works_from_another_folder(raw, tmp_path, monkeypatch):
     (built / "All_Beauty" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     monkeypatch.chdir(tmp_path / "work")
     assert all(Path(i["image"]).is_file() for i in load_items(built, "train"))
+
+
+# ------------------------------------------------------------------------------------- item 3: malformed records
+@pytest.mark.parametrize("images", [{"large": 5}, {"large": ["u"], "variant": 7}, {"large": {"a": 1}},
+                                    {"large": "http://x/y.jpg", "variant": "MAIN"}, [None, 5, {"large": 3}], 7])
+def test_cover_url_never_raises(images):
+    from mmpc_rl.data.schema import cover_url, ineligible_reason
+
+    cover_url(images)
+    ineligible_reason({"title": "long enough", "images": images})
+
+
+def test_malformed_records_are_counted_not_fatal(tmp_path):
+    from mmpc_rl.data.build import build
+    from mmpc_rl.data.sample import build_sample_catalog
+
+    src = build_sample_catalog(tmp_path / "cat")
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    meta = [json.loads(x) for x in (src / "meta_All_Beauty.jsonl").read_text().splitlines()]
+    deep = "[" * 100_000 + "]" * 100_000
+    hostile = [{**meta[0], "parent_asin": "HF1", "images": {"large": 5, "variant": ["MAIN"]}},
+               {**meta[0], "parent_asin": "HF2", "images": {"large": ["x"], "variant": 7}},
+               {**meta[0], "parent_asin": ["not", "a", "string"]},
+               {**meta[0], "parent_asin": "DEEP", "details": deep, "store": None}]
+    (raw_dir / "meta_All_Beauty.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hostile + meta))
+    reviews = (src / "All_Beauty.jsonl").read_text().splitlines()
+    bad = {**json.loads(reviews[0]), "timestamp": 2**64}
+    bad_float = {**json.loads(reviews[0]), "timestamp": 1e300}
+    (raw_dir / "All_Beauty.jsonl").write_text("\n".join([json.dumps(bad), json.dumps(bad_float)] + reviews) + "\n")
+    out = build(source=raw_dir, out=tmp_path / "out", categories=["All_Beauty"], cqbench_per_category=10,
+                train_per_category=5, text_field="mmrec", progress=False)
+    s = json.loads((out / "summary.json").read_text())["categories"]["All_Beauty"]
+    assert s["skipped_lines"]["reviews"]["counts"]["review_bad_value"] == 2
+    assert s["skipped_lines"]["meta"]["counts"]["missing_parent_asin"] == 1
+    assert s["cqbench"] == 10 and s["train"] == 5 and s["recbench"]["users"] > 0
+
+
+def test_deeply_nested_details_do_not_break_mmrec_text():
+    from mmpc_rl.data.schema import item_text
+
+    rec = {"title": "A fine title", "details": "[" * 100_000 + "]" * 100_000, "description": ["d"]}
+    assert item_text(rec, "mmrec") == "A fine title d"
