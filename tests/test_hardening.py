@@ -329,3 +329,13 @@ def test_deeply_nested_details_do_not_break_mmrec_text():
 
     rec = {"title": "A fine title", "details": "[" * 100_000 + "]" * 100_000, "description": ["d"]}
     assert item_text(rec, "mmrec") == "A fine title d"
+
+
+def test_cqbench_model_folder_names_stay_one_component():
+    from mmpc_rl.eval.cqbench import model_key
+
+    for name in ("tiny://../../x", "..", "/", "org/..", "tiny:///abs", "Qwen/Qwen2.5-VL-7B-Instruct"):
+        key = model_key(name)
+        assert key not in ("", ".", "..") and "/" not in key, name
+    assert model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
+    assert model_key("tiny://qwen") == "tiny-qwen"
