@@ -244,9 +244,7 @@ def test_training_and_eval_open_images_through_the_pixel_cap(tmp_path, monkeypat
     from mmpc_rl.eval.generate import open_image as eval_open
     from mmpc_rl.monitoring import drop_undecodable_images
 
-    monkeypatch.setattr(images, "MAX_PIXELS", 4_000_000)
-    monkeypatch.setattr(images.verify_image, "__defaults__", (4_000_000,))
-    monkeypatch.setattr(images.open_image, "__defaults__", (4_000_000,))
+    monkeypatch.setattr(images, "MAX_PIXELS", 4_000_000)  # the default cap, as training and eval use it
     bomb, ok = tmp_path / "bomb.png", tmp_path / "ok.png"
     bomb.write_bytes(_png((3000, 3000), "1"))
     ok.write_bytes(_png())

@@ -43,6 +43,7 @@ class BadImage(ValueError):
 def _decoded(src, max_pixels: int | None):
     from PIL import Image
 
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels  # read per call; 0 turns the cap off
     try:
         img = Image.open(src)
         try:
@@ -60,20 +61,20 @@ def _decoded(src, max_pixels: int | None):
     return img
 
 
-def verify_image(src, max_pixels: int | None = MAX_PIXELS) -> tuple[int, int]:
+def verify_image(src, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) of an image file or file object that decodes fully and is within the pixel cap, else
     BadImage."""
     with _decoded(src, max_pixels) as img:
         return img.size
 
 
-def open_image(src, max_pixels: int | None = MAX_PIXELS):
+def open_image(src, max_pixels: int | None = None):
     """An RGB PIL image, or BadImage (undecodable, truncated, over the pixel cap)."""
     with _decoded(src, max_pixels) as img:
         return img.convert("RGB")
 
 
-def check_image(data: bytes, min_size: int, max_pixels: int | None = MAX_PIXELS) -> None:
+def check_image(data: bytes, min_size: int, max_pixels: int | None = None) -> None:
     """Raise BadImage unless `data` decodes fully to an image at least min_size pixels on each side."""
     if not data:
         raise BadImage("zero_bytes")
@@ -113,7 +114,7 @@ def local_path(url: str) -> Path | None:
 class ImageCache:
     def __init__(self, root: str | Path, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5,
                  workers: int = 16, min_size: int = 32, progress: bool = True, deadline: float = DEADLINE_S,
-                 max_bytes: int = MAX_BYTES, max_pixels: int | None = MAX_PIXELS) -> None:
+                 max_bytes: int = MAX_BYTES, max_pixels: int | None = None) -> None:
         self.root = Path(root).expanduser().resolve()  # absolute: records must not depend on the working directory
         self.root.mkdir(parents=True, exist_ok=True)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
