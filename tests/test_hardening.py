@@ -74,6 +74,11 @@ def test_image_cache_index_keeps_records_after_a_bad_line(tmp_path):
     again = ImageCache(tmp_path / "c", progress=False)
     assert str(good) in again.known
     assert (tmp_path / "c" / "index.jsonl").read_text() == "garbage\n" + recs
+    odd = ['{"url": "u1", "ok": true, "path": null}', '{"url": "u2", "ok": false}', '{"url": 5, "ok": true}',
+           '{"url": "u3", "ok": "yes", "path": "x"}']
+    (tmp_path / "c" / "index.jsonl").write_text("\n".join(odd) + "\n" + recs)
+    again = ImageCache(tmp_path / "c", progress=False)
+    assert list(again.known) == [str(good)]  # records of another shape are refetched, not trusted or fatal
 
 
 def test_load_items_keeps_items_after_a_bad_line(tmp_path, caplog):

@@ -124,10 +124,13 @@ class ImageCache:
         self._lock = threading.Lock()
         self.known: dict[str, dict] = {}
         for rec in read_jsonl(self.index_path, repair=True):
-            if isinstance(rec.get("url"), str):
-                if rec.get("path"):  # stored relative to the cache, so a cache moved or used from elsewhere works
-                    rec["path"] = resolve_image(self.root, rec["path"])
-                self.known[rec["url"]] = rec
+            ok, path, reason = rec.get("ok"), rec.get("path"), rec.get("reason")
+            if not isinstance(rec.get("url"), str) or not (ok is True and isinstance(path, str) and path
+                                                           or ok is False and isinstance(reason, str)):
+                continue  # a record of another shape: the URL is simply fetched again
+            if ok:  # stored relative to the cache, so a cache moved or used from elsewhere works
+                rec["path"] = resolve_image(self.root, path)
+            self.known[rec["url"]] = rec
         self._tried: set[str] = set()  # a transient failure is retried by the next run, not again by this one
         self.downloaded = 0  # network fetches made by this process (tests and the summary read it)
 
