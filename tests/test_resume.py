@@ -119,10 +119,16 @@ def runs(tmp_path_factory, tiny_qwen, sample_catalog):
     ref_proc = _launch(script, ref)  # the uninterrupted run, side by side with the one we kill
     proc = _launch(script, killed)
     deadline = time.time() + 240
-    while not is_complete(killed / "checkpoint-2"):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint-2 within 240 s"
-        time.sleep(0.1)
+    try:
+        while not is_complete(killed / "checkpoint-2"):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint-2 within 240 s"
+            time.sleep(0.1)
+    except BaseException:  # a failed fixture must not leave two trainings running for the rest of the session
+        for p in (proc, ref_proc):
+            p.kill()
+            p.wait()
+        raise
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_trace = _trace(killed)
