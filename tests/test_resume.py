@@ -112,6 +112,11 @@ def _trace(out: Path) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_qwen, sample_catalog):
+    from mmpc_rl.tiny import tiny_path
+
+    # the recipe's policy (an SFT'd tiny model, minutes of CPU to build): built once here, not by both runs at once
+    # inside the checkpoint deadline, into one folder
+    tiny_path("qwen2.5-vl-sft")
     root = tmp_path_factory.mktemp("resume")
     script = root / "train_traced.py"
     script.write_text(TRACE_SCRIPT)
