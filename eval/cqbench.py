@@ -75,9 +75,10 @@ def parse_config(argv: list[str]) -> CQBenchConfig:
 def model_key(name: str) -> str:
     """A folder-safe, readable name: the hub id's last part, or tiny-NAME."""
     name = name.rstrip("/")
-    if name.startswith("tiny://"):
-        return "tiny-" + name[len("tiny://"):]
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", Path(name).name) or "model"
+    if name.startswith("tiny://"):  # the rest is text too: `tiny://../x` must not become a path
+        return "tiny-" + re.sub(r"[^A-Za-z0-9._+-]", "_", name[len("tiny://"):])
+    key = re.sub(r"[^A-Za-z0-9._+-]", "_", Path(name).name)
+    return key if key.strip(".") else "model"  # "", "." and ".." are not folder names
 
 
 def load_scorers(cfg: CQBenchConfig):

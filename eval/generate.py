@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 from PIL import Image
 
+from mmpc_rl.data.images import open_image as safe_open_image
 from mmpc_rl.errors import DataError
 from mmpc_rl.tasks import Task
 
 
 def open_image(path) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return safe_open_image(path)  # the shared opener: a pixel bomb is refused before it is decoded
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mmpc_rl.eval.generate import generate_batch, length_sorted_batches, open_image
 from mmpc_rl.eval.metrics import image_metrics_batch, text_metrics_batch
 from mmpc_rl.eval.report import aggregate
-from mmpc_rl.io import append_jsonl, read_jsonl
+from mmpc_rl.io import append_jsonl, read_jsonl, safe_name
 from mmpc_rl.tasks import Task
 from mmpc_rl.zero3 import generation_model, lockstep_batches, zero3_enabled
 
@@ -75,7 +75,8 @@ def score_batch(task: Task, batch: list[dict], answers: list[str], scorers: Scor
     images = scorers.renderer(answers, [item_seed(it, seed) for it in batch])
     paths = []
     for it, img in zip(batch, images, strict=True):
-        path = Path(image_dir) / it["category"] / f"{it['parent_asin']}.jpg"
+        # ids come from data: encoded so `../x` or `/abs` cannot leave image_dir
+        path = Path(image_dir) / safe_name(it["category"]) / f"{safe_name(it['parent_asin'])}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         img.convert("RGB").save(tmp, format="JPEG")  # PIL's default quality, as the authors saved them

@@ -13,17 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from mmpc_rl.io import read_jsonl
-from mmpc_rl.train.resume import is_complete, last_complete_checkpoint
+from mmpc_rl.train.resume import is_complete, last_complete_checkpoint, why_incomplete
 
 
 def _checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:
     d = root / f"checkpoint-{step}"
     d.mkdir(parents=True)
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
-        if name not in skip:
-            (d / name).write_bytes(b"x")
+        if name not in skip:  # small but real files: the resume check verifies them
+            if name.endswith(".safetensors"):
+                save_file({"w": torch.ones(4)}, str(d / name))
+            else:
+                torch.save({"state": torch.ones(4)}, d / name)
     if "trainer_state.json" not in skip:
         (d / "trainer_state.json").write_text(state if state is not None else json.dumps({"global_step": step}))
     return d
@@ -43,6 +48,29 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(good)
     (good / "optimizer.pt").write_bytes(b"")  # empty file: the kill came while it was being written
     assert last_complete_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"])
+@pytest.mark.parametrize("cut", [0.5, 0.99])
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys, name, cut):
+    good = _checkpoint(tmp_path, 2)
+    newest = _checkpoint(tmp_path, 4)
+    data = (newest / name).read_bytes()
+    (newest / name).write_bytes(data[: int(len(data) * cut)])  # a full disk or a copy cut short: non-empty
+    assert why_incomplete(good) is None and why_incomplete(newest).startswith(name)
+    assert last_complete_checkpoint(tmp_path) == str(good)
+    assert f"not resuming from checkpoint-4: {name}" in capsys.readouterr().err
+
+
+def test_a_sharded_checkpoint_is_verified_shard_by_shard(tmp_path):
+    ckpt = _checkpoint(tmp_path, 2, skip=("adapter_model.safetensors",))
+    for shard in ("model-1.safetensors", "model-2.safetensors"):
+        save_file({"w": torch.ones(8)}, str(ckpt / shard))
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}))
+    assert is_complete(ckpt)
+    (ckpt / "model-2.safetensors").write_bytes((ckpt / "model-2.safetensors").read_bytes()[:-3])
+    assert "model-2.safetensors" in why_incomplete(ckpt)
 
 
 TRACE_SCRIPT = r'''
@@ -84,6 +112,11 @@ def _trace(out: Path) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_qwen, sample_catalog):
+    from mmpc_rl.tiny import tiny_path
+
+    # the recipe's policy (an SFT'd tiny model, minutes of CPU to build): built once here, not by both runs at once
+    # inside the checkpoint deadline, into one folder
+    tiny_path("qwen2.5-vl-sft")
     root = tmp_path_factory.mktemp("resume")
     script = root / "train_traced.py"
     script.write_text(TRACE_SCRIPT)
@@ -91,10 +124,16 @@ def runs(tmp_path_factory, tiny_qwen, sample_catalog):
     ref_proc = _launch(script, ref)  # the uninterrupted run, side by side with the one we kill
     proc = _launch(script, killed)
     deadline = time.time() + 240
-    while not is_complete(killed / "checkpoint-2"):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint-2 within 240 s"
-        time.sleep(0.1)
+    try:
+        while not is_complete(killed / "checkpoint-2"):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint-2 within 240 s"
+            time.sleep(0.1)
+    except BaseException:  # a failed fixture must not leave two trainings running for the rest of the session
+        for p in (proc, ref_proc):
+            p.kill()
+            p.wait()
+        raise
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_trace = _trace(killed)

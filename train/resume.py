@@ -1,42 +1,109 @@
-"""Picking a checkpoint to resume from: only complete ones (a kill mid-save leaves a folder without its state).
+"""Picking a checkpoint to resume from: only complete, intact ones (a kill mid-save leaves a folder without its state,
+a full disk or a copy cut short leaves a truncated file).
 
 The HF Trainer writes a checkpoint in this order: weights, optimizer.pt + scheduler.pt, rng_state*.pth, and
-trainer_state.json last (not atomically). So a checkpoint is complete when all of these exist, are non-empty, and
-trainer_state.json parses and names the folder's own step; anything else is a folder the kill interrupted.
+trainer_state.json last (not atomically). A checkpoint is used when all of these exist, each file verifies (a
+safetensors header that parses and a size that matches it; torch's zip archives whose every member passes its CRC),
+and trainer_state.json parses and names the folder's own step. Otherwise the previous checkpoint is taken, and why
+the newer one was passed over is printed.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
+import sys
+import zipfile
 from pathlib import Path
 
 REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+MAX_HEADER = 100 * 2**20
 
 
-def _nonempty(p: Path) -> bool:
-    return p.is_file() and p.stat().st_size > 0
+def _safetensors_problem(p: Path) -> str | None:
+    """None when the header parses and the file holds exactly the bytes it declares (a truncation shows here)."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(MAX_HEADER, size - 8):
+                return f"{p.name}: header length {n} does not fit a {size}-byte file"
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError, RecursionError) as e:
+        return f"{p.name}: unreadable safetensors header ({type(e).__name__})"
+    if not isinstance(header, dict):
+        return f"{p.name}: safetensors header is not an object"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return f"{p.name}: safetensors header without data offsets"
+    if 8 + n + end != size:
+        return f"{p.name}: {size} bytes on disk, the header describes {8 + n + end} (truncated?)"
+    return None
 
 
-def is_complete(ckpt: str | Path) -> bool:
+def _torch_file_problem(p: Path) -> str | None:
+    """None when a torch.save file (a zip archive since torch 1.6) is whole: every member's CRC is checked."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as e:
+        return f"{p.name}: not a whole torch archive ({type(e).__name__})"
+    return f"{p.name}: member {bad} fails its CRC" if bad else None
+
+
+def _weights_problem(ckpt: Path) -> str | None:
+    index = ckpt / "model.safetensors.index.json"
+    singles = [ckpt / n for n in WEIGHTS[:2] if (ckpt / n).is_file()]
+    if singles:
+        return next(filter(None, map(_safetensors_problem, singles)), None)
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name}: unreadable"
+        for shard in shards:
+            if not (ckpt / shard).is_file():
+                return f"{shard}: missing"
+            if problem := _safetensors_problem(ckpt / shard):
+                return problem
+        return None
+    return "no weights (" + ", ".join(WEIGHTS) + ")"
+
+
+def why_incomplete(ckpt: str | Path) -> str | None:
+    """None for a checkpoint that can be resumed from, else the first reason it cannot."""
     ckpt = Path(ckpt)
-    if not all(_nonempty(ckpt / name) for name in REQUIRED):
-        return False
-    if not any(_nonempty(ckpt / name) for name in WEIGHTS):
-        return False
-    if not any(_nonempty(p) for p in ckpt.glob("rng_state*.pth")):
-        return False
+    for name in REQUIRED:
+        if not (ckpt / name).is_file() or (ckpt / name).stat().st_size == 0:
+            return f"{name}: missing or empty"
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng:
+        return "rng_state*.pth: missing"
+    if problem := _weights_problem(ckpt):
+        return problem
+    for p in [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]:
+        if problem := _torch_file_problem(p):
+            return problem
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
     except (ValueError, OSError):
-        return False
+        return "trainer_state.json: does not parse"
     m = re.fullmatch(r"checkpoint-(\d+)", ckpt.name)
-    return isinstance(state, dict) and (m is None or state.get("global_step") == int(m.group(1)))
+    if not isinstance(state, dict) or (m is not None and state.get("global_step") != int(m.group(1))):
+        return "trainer_state.json: does not name this checkpoint's step"
+    return None
+
+
+def is_complete(ckpt: str | Path) -> bool:
+    return why_incomplete(ckpt) is None
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The highest-step complete `checkpoint-N` in output_dir, or None (a fresh start)."""
+    """The highest-step complete `checkpoint-N` in output_dir, or None (a fresh start); newer ones passed over are
+    named with the reason."""
     out = Path(output_dir)
     steps = []
     for p in out.glob("checkpoint-*"):
@@ -44,8 +111,10 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
         if m and p.is_dir():
             steps.append((int(m.group(1)), p))
     for _, ckpt in sorted(steps, reverse=True):
-        if is_complete(ckpt):
+        problem = why_incomplete(ckpt)
+        if problem is None:
             return str(ckpt)
+        print(f"mmpc-rl: not resuming from {ckpt.name}: {problem}; trying the previous checkpoint", file=sys.stderr)
     return None
 
 

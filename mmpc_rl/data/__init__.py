@@ -20,6 +20,7 @@ def default_cache_dir() -> Path:
 
 def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:
     """Items of one split from a `mmpc-rl data build` output folder."""
+    from mmpc_rl.data.images import resolve_image
     from mmpc_rl.data.reader import resolve_categories
     from mmpc_rl.io import read_jsonl
 
@@ -30,7 +31,8 @@ def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict
         path = out / cat / f"{split}.jsonl"
         if not path.is_file():
             raise DataError(f"{out} holds no {cat} data; categories there: {', '.join(built)}")
-        items += list(read_jsonl(path))
+        for item in read_jsonl(path):  # image paths are stored relative to the dataset folder
+            items.append({**item, "image": resolve_image(out, item.get("image"))})
     return items
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from mmpc_rl.data import recsel
-from mmpc_rl.data.images import ImageCache
+from mmpc_rl.data.images import DEADLINE_S, MAX_BYTES, MAX_PIXELS, ImageCache, relative_image
 from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, find_file, resolve_categories, scan_meta
 from mmpc_rl.data.schema import TEXT_FIELDS
 from mmpc_rl.data.select import seeded_order, set_sizes
@@ -25,6 +25,7 @@ DEFAULTS: dict[str, object] = {
     "source": None, "out": None, "categories": None, "cqbench_per_category": 1000, "train_per_category": 500,
     "seed": 42, "text_field": "title", "selection": "authors", "k": 5, "rec_users": 1000, "image_cache": None,
     "workers": 16, "timeout": 10.0, "retries": 3, "min_image_size": 32, "progress": True,
+    "deadline": DEADLINE_S, "max_image_bytes": MAX_BYTES, "max_image_pixels": MAX_PIXELS,
 }
 
 
@@ -51,7 +52,7 @@ def locate(source: str, category: str) -> tuple[Path, Path | None]:
 
 
 def _fill(order: list[str], sizes: tuple[int, ...], meta: Path, text_field: str, cache: ImageCache,
-          stats: Stats, cat: str, prefetch: set[str] = frozenset()) -> tuple[list[list[dict]], dict | None]:
+          stats: Stats, cat: str, out: Path, prefetch: set[str] = frozenset()) -> tuple[list[list[dict]], dict | None]:
     """Take items in `order` into sets of the given sizes, skipping (and counting) items whose image fails.
 
     The first meta pass also fetches the `prefetch` records (RecBench's items), so the meta file, millions of lines
@@ -76,7 +77,7 @@ def _fill(order: list[str], sizes: tuple[int, ...], meta: Path, text_field: str,
             if target is None:
                 break
             target.append({"parent_asin": asin, "title": recs[asin]["title"], "text": recs[asin]["text"],
-                           "image": res["path"], "category": cat})
+                           "image": relative_image(out, res["path"]), "category": cat})
     return sets, prefetched
 
 
@@ -119,11 +120,12 @@ def _rec_finish(reviews: Path, eligible: list[str], asins: list[str], state: dic
         rows = recsel.final_interactions(reviews, ok_asins, Stats(), users=state["users"], dedup="pair",
                                          k_user=int(opts["k"]), k_item=int(opts["k"]), progress=progress)
     inter, umap, imap = recsel.reindex(rows)
-    _write_recbench(out / "recbench", cat, inter, umap, imap, recs, got)
+    _write_recbench(out / "recbench", cat, inter, umap, imap, recs, got, Path(opts["out"]))
     return {"users": len(umap), "items": len(imap), "interactions": len(inter)}
 
 
-def _write_recbench(d: Path, cat: str, inter: list[tuple], umap: dict, imap: dict, recs: dict, got: dict) -> None:
+def _write_recbench(d: Path, cat: str, inter: list[tuple], umap: dict, imap: dict, recs: dict, got: dict,
+                    root: Path) -> None:
     lines = ["userID\titemID\trating\ttimestamp\tx_label"] + ["\t".join(map(str, r)) for r in inter]
     atomic_write_text(d / f"{cat.lower()}.inter", "\n".join(lines) + "\n")
     for name, mapping in (("u_id_mapping.csv", umap), ("i_id_mapping.csv", imap)):
@@ -137,7 +139,7 @@ def _write_recbench(d: Path, cat: str, inter: list[tuple], umap: dict, imap: dic
         rec = recs.get(asin, {})
         res = got.get(rec.get("url"))
         items.append({"itemID": n, "parent_asin": asin, "title": rec.get("title", ""), "text": rec.get("text", ""),
-                      "image": res["path"] if res and res["ok"] else None})
+                      "image": relative_image(root, res["path"]) if res and res["ok"] else None})
     atomic_write_jsonl(d / "items.jsonl", items)
 
 
@@ -150,7 +152,7 @@ def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
     order = seeded_order(eligible, int(opts["seed"]))
     rec_asins, rec_state = _rec_candidates(reviews, eligible, opts, review_stats) if reviews is not None else ([], {})
     (cq, train), rec_recs = _fill(order, sizes, meta, str(opts["text_field"]), cache, image_stats, cat,
-                                  prefetch=set(rec_asins))
+                                  Path(opts["out"]), prefetch=set(rec_asins))
     for name, items in (("cqbench", cq), ("train", train)):
         atomic_write_jsonl(out / f"{name}.jsonl", items)
     atomic_write_json(out / "ids.json", {"seed": opts["seed"], "cqbench": [r["parent_asin"] for r in cq],
@@ -194,7 +196,9 @@ def build(**kwargs) -> Path:
     opts["out"] = out
     cache = ImageCache(opts["image_cache"] or out / "images", timeout=float(opts["timeout"]),
                        retries=int(opts["retries"]), workers=int(opts["workers"]),
-                       min_size=int(opts["min_image_size"]), progress=bool(opts["progress"]))
+                       min_size=int(opts["min_image_size"]), progress=bool(opts["progress"]),
+                       deadline=float(opts["deadline"]), max_bytes=int(opts["max_image_bytes"]),
+                       max_pixels=int(opts["max_image_pixels"]))
     t0 = time.time()
     summary = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.items()}, "categories": {}}
     for cat in cats:
@@ -202,4 +206,17 @@ def build(**kwargs) -> Path:
     summary["images_downloaded_this_run"] = cache.downloaded
     summary["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
+    _no_images_is_an_error(summary["categories"])
     return out
+
+
+def _no_images_is_an_error(categories: dict) -> None:
+    """A category with eligible items but not one usable image (server down, every URL refused) fails the build
+    (after summary.json is written, for the reasons) instead of exiting 0 with empty sets."""
+    for cat, s in categories.items():
+        if s["eligible"] and not s["cqbench"] and not s["train"]:
+            counts = s["failed_images"]["counts"]
+            top = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+            raise DataError(f"{cat}: no image could be fetched for any of {s['eligible']} eligible items "
+                            f"({top or 'no attempt'}); is the image server reachable? rerun to retry")
+

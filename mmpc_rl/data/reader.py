@@ -7,6 +7,7 @@ and records are fetched in a second pass for the few thousand items actually use
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ CATEGORIES = ("All_Beauty", "Arts_Crafts_and_Sewing", "Electronics", "Home_and_K
 _SUBDIRS = {"meta": ("", "raw/meta_categories", "meta_categories"),
             "review": ("", "raw/review_categories", "review_categories")}
 MAX_EXAMPLES = 5
+# Errors a record of the wrong shape can raise in the schema helpers: counted per record, never fatal.
+RECORD_ERRORS = (TypeError, ValueError, AttributeError, KeyError, RecursionError, OverflowError)
+MAX_TIMESTAMP_MS = 2**62  # numpy int64 columns hold the timestamps; 2^64 is valid JSON
 
 
 class Stats:
@@ -105,7 +109,10 @@ def scan_meta(path: Path, stats: Stats, *, progress: bool = True) -> list[str]:
                 stats.add("duplicate_parent_asin", f"{path.name}:{lineno}: {asin}")
                 continue
             seen.add(asin)
-            reason = ineligible_reason(rec)
+            try:
+                reason = ineligible_reason(rec)
+            except RECORD_ERRORS as e:
+                reason = f"malformed_record_{type(e).__name__}"
             if reason:
                 stats.add(reason, f"{path.name}:{lineno}: {asin}")
             else:
@@ -124,11 +131,16 @@ def fetch_meta(path: Path, wanted: set[str], text_field: str = "title") -> dict[
     out: dict[str, dict] = {}
     for _, rec in iter_json_lines(path, Stats()):
         asin = rec.get("parent_asin")
-        if asin in wanted and asin not in out and is_eligible(rec):
-            out[asin] = {"title": clean_title(rec), "text": item_text(rec, text_field),
-                         "url": cover_url(rec.get("images"))}
-            if len(out) == len(wanted):
-                break
+        if not isinstance(asin, str) or asin not in wanted or asin in out:
+            continue
+        try:
+            if is_eligible(rec):
+                out[asin] = {"title": clean_title(rec), "text": item_text(rec, text_field),
+                             "url": cover_url(rec.get("images"))}
+        except RECORD_ERRORS:  # counted by scan_meta; here such an item is simply not fetched
+            continue
+        if len(out) == len(wanted):
+            break
     return out
 
 
@@ -142,6 +154,9 @@ def iter_reviews(path: Path, stats: Stats, *, progress: bool = True) -> Iterator
             if not (isinstance(user, str) and user and isinstance(asin, str) and asin
                     and isinstance(rating, (int, float)) and isinstance(ts, (int, float))):
                 stats.add("review_missing_field", f"{path.name}:{lineno}")
+                continue
+            if not (math.isfinite(rating) and math.isfinite(ts) and 0 <= ts < MAX_TIMESTAMP_MS):
+                stats.add("review_bad_value", f"{path.name}:{lineno}")
                 continue
             yield user, asin, float(rating), int(ts)
     finally:

@@ -15,9 +15,9 @@ MIN_TITLE_CHARS = 5
 
 def cover_url(images: Any) -> str | None:
     """The `MAIN` variant's `large` URL, else the first image's; None when there is no usable URL."""
-    if isinstance(images, dict):  # HF dict of lists
-        large, variant = images.get("large") or [], images.get("variant") or []
-        variant = list(variant) + [None] * (len(large) - len(variant))
+    if isinstance(images, dict):  # HF dict of lists; anything that is not a list there counts as none
+        large, variant = _list(images.get("large")), _list(images.get("variant"))
+        variant = variant + [None] * (len(large) - len(variant))
         pairs = list(zip(variant[: len(large)], large, strict=True))
     elif isinstance(images, list):
         pairs = [(im.get("variant"), im.get("large")) for im in images if isinstance(im, dict)]
@@ -29,6 +29,10 @@ def cover_url(images: Any) -> str | None:
     if pairs and isinstance(pairs[0][1], str) and pairs[0][1].strip():
         return pairs[0][1].strip()
     return None
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else []
 
 
 def clean_title(meta: dict) -> str:
@@ -65,7 +69,7 @@ def brand(meta: dict) -> str:
     if isinstance(details, str):  # HF schema: a JSON string
         try:
             details = json.loads(details)
-        except ValueError:
+        except (ValueError, RecursionError):  # a deeply nested string overflows the parser's stack
             details = None
     if isinstance(details, dict) and isinstance(details.get("Brand"), str):
         return details["Brand"].strip()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmpc_rl.data.images import verify_image
 from mmpc_rl.errors import DataError
 from mmpc_rl.io import atomic_write_text
 
@@ -24,10 +25,9 @@ def drop_undecodable_images(ds, output_dir: str | Path | None = None, column: st
     for i, p in enumerate(paths):
         try:
             src = p.get("path") or io.BytesIO(p.get("bytes") or b"")
-            with Image.open(src) as im:
-                im.load()
+            verify_image(src)  # the shared check: decodes, and refuses a pixel bomb before decoding it
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            bad.append((i, f"{p.get('path')}: {type(e).__name__}"))
+            bad.append((i, f"{p.get('path')}: {getattr(e, 'reason', type(e).__name__)}"))
     if not bad:
         return ds
     if len(bad) == len(paths):

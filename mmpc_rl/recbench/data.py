@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmpc_rl.data.images import resolve_image
 from mmpc_rl.errors import DataError
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
@@ -134,4 +135,6 @@ def load_category(data_dir: str | Path, category: str) -> RecData:
         splits.append(rows[warm])
     # MMRec sizes the item table from the interactions; extra item records (no interaction at all) are ignored.
     items = read_items(folder / "items.jsonl", n_items)[:n_items]
+    for rec in items:  # stored relative to the dataset folder by `data build`
+        rec["image"] = resolve_image(data_dir, rec.get("image"))
     return RecData(category, n_users, n_items, train, splits[0], splits[1], items, dropped)

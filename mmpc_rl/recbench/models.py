@@ -21,10 +21,11 @@ def _xavier_embedding(n: int, d: int) -> nn.Parameter:
     return nn.Parameter(w)
 
 
-def _xavier_normal_linear(d_in: int, d_out: int) -> nn.Linear:
+def _xavier_normal_linear(d_in: int, d_out: int, zero_bias: bool = True) -> nn.Linear:
     layer = nn.Linear(d_in, d_out)
     nn.init.xavier_normal_(layer.weight)
-    nn.init.zeros_(layer.bias)  # spec gives the VBPR/BM3 bias 0 (MMRec's xavier init helper zeroes biases)
+    if zero_bias:  # VBPR: MMRec applies its xavier init helper, which zeroes the bias, to the whole model
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -111,11 +112,13 @@ class BM3(Recommender):
         self.dropout, self.reg_weight, self.cl_weight = dropout, reg_weight, cl_weight
         self.u_emb = _xavier_embedding(n_users, d)
         self.i_emb = _xavier_embedding(n_items, d)
-        self.predictor = _xavier_normal_linear(d, d)
+        # MMRec's BM3 sets only these layers' weights (xavier_normal); their biases keep nn.Linear's default init
+        self.predictor = _xavier_normal_linear(d, d, zero_bias=False)
         self.text = _trainable(text_feat)
         self.image = _trainable(image_feat)
-        self.text_trs = None if text_feat is None else _xavier_normal_linear(text_feat.shape[1], d)
-        self.image_trs = None if image_feat is None else _xavier_normal_linear(image_feat.shape[1], d)
+        self.text_trs = None if text_feat is None else _xavier_normal_linear(text_feat.shape[1], d, zero_bias=False)
+        self.image_trs = None if image_feat is None else _xavier_normal_linear(image_feat.shape[1], d,
+                                                                                zero_bias=False)
         users, items = torch.as_tensor(train_pairs, dtype=torch.long).T
         self.register_buffer("adj", bipartite_adj(users, items, n_users, n_items))
 
@@ -216,6 +219,6 @@ MODELS: dict[str, type[Recommender]] = {"VBPR": VBPR, "BM3": BM3, "FREEDOM": FRE
 # Grids from the spec (MMRec's model yamls); the cartesian product of these lists is searched.
 GRIDS: dict[str, dict[str, list]] = {
     "VBPR": {"reg_weight": [2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5]},
-    "BM3": {"n_layers": [1, 2], "dropout": [0.3, 0.5], "reg_weight": [0.1, 0.01]},
+    "BM3": {"n_layers": [1, 2], "reg_weight": [0.1, 0.01], "dropout": [0.3, 0.5]},  # MMRec's key order: ties
     "FREEDOM": {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]},
 }

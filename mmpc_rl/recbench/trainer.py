@@ -111,10 +111,14 @@ def train_one(model_name: str, data: RecData, text: torch.Tensor | None, image: 
     sampler = NegativeSampler(data) if model.uses_negatives else None
     valid_eval, test_eval = evaluators
     best = {"epoch": -1, "valid": None, "test": None, "valid_score": -1.0}
-    cur_step, train_secs, eval_secs, eval_count, epoch = 0, 0.0, 0.0, 0, -1
+    cur_step, train_secs, eval_secs, eval_count, epoch, stopped = 0, 0.0, 0.0, 0, -1, None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        mean_loss = train_epoch(model, data, sampler, opt, cfg, device, f"{model_name} {hyper}", epoch)
+        try:
+            mean_loss = train_epoch(model, data, sampler, opt, cfg, device, f"{model_name} {hyper}", epoch)
+        except FloatingPointError as e:  # as MMRec: a NaN loss ends this grid point, its best epoch so far stands
+            stopped = str(e)
+            break
         train_secs += time.perf_counter() - t0
         t0 = time.perf_counter()
         valid = _evaluate(model, valid_eval)
@@ -132,7 +136,7 @@ def train_one(model_name: str, data: RecData, text: torch.Tensor | None, image: 
             break
     return {"hyper": hyper, "best_epoch": best["epoch"], "epochs_run": epoch + 1, "valid": best["valid"],
             "test": best["test"], "sec_per_epoch": train_secs / max(epoch + 1, 1),
-            "sec_per_eval": eval_secs / max(eval_count, 1)}
+            "sec_per_eval": eval_secs / max(eval_count, 1), "stopped": stopped}
 
 
 def select_best(runs: list[dict], select_by: str = "valid") -> dict:
