@@ -17,7 +17,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.config import ModelConfig, parse_options
+from mmpc_rl.data import load_items
+from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
+from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
+from mmpc_rl.eval.runner import evaluate
+from mmpc_rl.eval.scorers import build_scorers
+from mmpc_rl.io import atomic_write_json, atomic_write_text
+from mmpc_rl.models import load_policy
+from mmpc_rl.plan.placement import plan_placement
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.render import DEFAULT_SD, Renderer
 from mmpc_rl.tasks import get_task
@@ -58,7 +66,6 @@ class CQBenchConfig:
 
 
 def parse_config(argv: list[str]) -> CQBenchConfig:
-    from mmpc_rl.config import parse_options
 
     cfg = parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench")
     for task in cfg.tasks:
@@ -82,7 +89,6 @@ def model_key(name: str) -> str:
 
 
 def load_scorers(cfg: CQBenchConfig):
-    from mmpc_rl.eval.scorers import build_scorers
 
     renderer = None
     if "t2i" in cfg.tasks:
@@ -109,8 +115,6 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
 def load_model(cfg: CQBenchConfig, name: str):
     """The model where `mmpc_rl.plan.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
     process), or 4-bit; on CPU as before."""
-    from mmpc_rl.config import ModelConfig
-    from mmpc_rl.models import load_policy
 
     plan = eval_placement(cfg, name)
     mc = ModelConfig(name_or_path=name, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
@@ -119,7 +123,6 @@ def load_model(cfg: CQBenchConfig, name: str):
 
 
 def eval_placement(cfg: CQBenchConfig, name: str):
-    from mmpc_rl.plan.placement import plan_placement
 
     max_new = cfg.max_new_tokens or max(get_task(t).max_new_tokens for t in cfg.tasks)
     plan = plan_placement(name, dtype=cfg.dtype, qlora=cfg.qlora, batch_size=cfg.batch_size, max_new_tokens=max_new,
@@ -131,10 +134,6 @@ def eval_placement(cfg: CQBenchConfig, name: str):
 
 def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
-    from mmpc_rl.data import load_items
-    from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
-    from mmpc_rl.eval.runner import evaluate
-    from mmpc_rl.io import atomic_write_json, atomic_write_text
 
     out = Path(cfg.output_dir)
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
@@ -178,7 +177,6 @@ def run(cfg: CQBenchConfig) -> dict:
 def _attach_adapter(model, adapter: str):
     from peft import PeftModel
 
-    from mmpc_rl.errors import ModelLoadError
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter={adapter!r} is not a LoRA folder (no adapter_config.json there)")
@@ -205,6 +203,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mmpc_rl.errors import run_cli
 
     sys.exit(run_cli(lambda: main(sys.argv[1:])))

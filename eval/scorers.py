@@ -12,6 +12,7 @@ import numpy as np
 
 from mmpc_rl.clip import ClipEmbedder
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.eval.runner import Scorers
 from mmpc_rl.models import load_bertscore, load_lpips_net
 
 
@@ -51,7 +52,6 @@ def build_scorers(tasks, *, bertscore: str | None = None, bertscore_layers: int 
                   renderer=None, resize: str = "cv2"):
     """The heavy models a CQBench run needs for `tasks` ("i2t"/"t2i"), for the CLI and the training callback alike:
     BERTScore for titles; LPIPS, CLIP and the renderer for images. A metric whose model is not given is left out."""
-    from mmpc_rl.eval.runner import Scorers
 
     sc = Scorers(resize=resize)
     if "i2t" in tasks and bertscore:

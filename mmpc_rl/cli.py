@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from mmpc_rl.errors import run_cli
+
 # name -> (module, function, one-line help). The function takes the remaining argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("mmpc_rl.train.grpo", "main", "GRPO fine-tuning: mmpc-rl train recipe=i2t [key=value ...]"),
@@ -38,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmpc-rl: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    from mmpc_rl.errors import run_cli
 
     return run_cli(lambda: getattr(importlib.import_module(module), func)(rest))
 

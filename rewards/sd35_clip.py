@@ -28,6 +28,7 @@ import torch
 
 from mmpc_rl.clip import DEFAULT_CLIP, ClipEmbedder
 from mmpc_rl.errors import ConfigError, DataError
+from mmpc_rl.io import atomic_write_bytes
 from mmpc_rl.render import DEFAULT_SD, Renderer
 from mmpc_rl.rewards.registry import Reward, register
 from mmpc_rl.tasks import completion_text
@@ -164,7 +165,6 @@ class SD35ClipReward:
         if self.output_dir:
             import io as _io
 
-            from mmpc_rl.io import atomic_write_bytes
 
             buf = _io.BytesIO()
             image.save(buf, format="JPEG", quality=90)

@@ -10,6 +10,7 @@ import pytest
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.train import benchmark
 from mmpc_rl.train import speed as bench
+from mmpc_rl.train.bench_options import parse_bench_options
 
 G, T = 2, 4
 TINY = ["recipe=i2t", "shape=tiny", "steps=2", "warmup=1", f"new_tokens={T}", f"num_generations={G}",
@@ -117,14 +118,14 @@ def test_option_errors_are_one_line_config_errors(argv, needle):
 
 
 def test_recipe_overrides_pass_through():
-    opts, overrides = bench.parse_bench_options(["steps=3", "lora.r=8", "trainer.beta=0.0", "arms=plain"])
+    opts, overrides = parse_bench_options(["steps=3", "lora.r=8", "trainer.beta=0.0", "arms=plain"])
     assert (opts.steps, opts.arms, overrides) == (3, ["plain"], ["lora.r=8", "trainer.beta=0.0"])
 
 
 def test_the_project_arm_takes_speed_settings_from_the_recipe():
     from mmpc_rl.train.recipe import load_training_recipe
 
-    opts, overrides = bench.parse_bench_options(["new_tokens=7", "steps=3", "warmup=2",
+    opts, overrides = parse_bench_options(["new_tokens=7", "steps=3", "warmup=2",
                                                  "trainer.gradient_checkpointing=true"])
     recipe = load_training_recipe(["recipe=i2t", *overrides])
     arm = bench.project_recipe(recipe, opts, group=4, output_dir="/tmp/x")

@@ -246,8 +246,8 @@ def test_training_and_eval_open_images_through_the_pixel_cap(tmp_path, monkeypat
     from datasets import Dataset
 
     from mmpc_rl.data import images
-    from mmpc_rl.eval.generate import open_image as eval_open
     from mmpc_rl.data.skips import drop_undecodable_images
+    from mmpc_rl.eval.generate import open_image as eval_open
 
     monkeypatch.setattr(images, "MAX_PIXELS", 4_000_000)  # the default cap, as training and eval use it
     bomb, ok = tmp_path / "bomb.png", tmp_path / "ok.png"

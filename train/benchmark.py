@@ -22,8 +22,8 @@ from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.io import atomic_write_json
+from mmpc_rl.train.bench_options import parse_bench_options, ratios
 from mmpc_rl.train.recipe import load_training_recipe
-from mmpc_rl.train.speed import parse_bench_options, ratios
 
 
 def table(results: dict) -> str:

@@ -25,14 +25,16 @@ from pathlib import Path
 
 from mmpc_rl.clip import ClipEmbedder
 from mmpc_rl.config import load_recipe, parse_options
+from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.eval.speed import SpeedConfig, load, measure
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import bnb_config, load_sd3_pipeline, torch_dtype
 from mmpc_rl.render import Renderer
 from mmpc_rl.rewards.sd35_clip import SD35ClipReward
 from mmpc_rl.tasks import get_task
 from mmpc_rl.train import speed as bench
-from mmpc_rl.train.speed import ratios
+from mmpc_rl.train.bench_options import BenchOptions, ratios
 
 SECTIONS = ("grpo", "qlora", "t2i", "cqbench")
 
@@ -72,7 +74,7 @@ def grpo(opts: CheckOptions, device: str, qlora: bool = False) -> dict:
     # the training path decides the rest: compiled decoding falls back (logged) for bitsandbytes layers
     cfg = load_recipe(["recipe=i2t", *(["model.qlora=true"] if qlora else [])])
     shape = "tiny" if opts.dry else "real"
-    bopts = bench.BenchOptions(recipe="i2t", steps=opts.steps, warmup=opts.warmup, shape=shape,
+    bopts = BenchOptions(recipe="i2t", steps=opts.steps, warmup=opts.warmup, shape=shape,
                                new_tokens=opts.new_tokens, num_generations=opts.group, rewards="stub",
                                out=str(Path(opts.out) / ("qlora" if qlora else "grpo")))
     dtype = torch_dtype(cfg.model.dtype if device == "cuda" else "float32")
@@ -168,8 +170,6 @@ def t2i(opts: CheckOptions, device: str) -> dict:
 
 
 def cqbench(opts: CheckOptions, device: str) -> dict:
-    from mmpc_rl.data import load_items
-    from mmpc_rl.eval.speed import SpeedConfig, load, measure
 
     cfg = SpeedConfig(shape=None if opts.dry else "7b", dtype="float32" if opts.dry else "bfloat16")
     model, processor = load(cfg)

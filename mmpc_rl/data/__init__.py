@@ -7,7 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from mmpc_rl.data.build import build
+from mmpc_rl.data.images import resolve_image
+from mmpc_rl.data.reader import resolve_categories
+from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import DataError
+from mmpc_rl.io import read_jsonl
 
 SPLITS = ("train", "cqbench")
 __all__ = ["DEFAULT_SEED", "DEFAULT_TEXT_FIELD", "SPLITS", "build_cached", "default_cache_dir", "load_items",
@@ -20,9 +25,6 @@ def default_cache_dir() -> Path:
 
 def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:
     """Items of one split from a `mmpc-rl data build` output folder."""
-    from mmpc_rl.data.images import resolve_image
-    from mmpc_rl.data.reader import resolve_categories
-    from mmpc_rl.io import read_jsonl
 
     built = sorted(json.loads((out / "summary.json").read_text())["categories"])
     cats = built if categories is None else resolve_categories(out, categories)
@@ -45,7 +47,6 @@ DEFAULT_TEXT_FIELD = "title"
 def resolve_source(path: str | os.PathLike, cache: Path) -> Path:
     """The folder behind a data path: "sample" is the generated catalog (built into `cache` on first use)."""
     if str(path) == "sample":
-        from mmpc_rl.data.sample import build_sample_catalog
 
         return build_sample_catalog(cache / "sample-catalog")
     return Path(path).expanduser().resolve()
@@ -60,7 +61,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
     `mmpc-rl data build`. The train and cqbench splits never share an item.
     """
-    from mmpc_rl.data.reader import resolve_categories
 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
@@ -88,7 +88,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
 
 def build_cached(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
     """Build a raw folder once per (source, categories, seed, text field); later calls reuse the output."""
-    from mmpc_rl.data.build import build
 
     key = json.dumps([str(source), cats, seed, text_field])
     out = cache / "built" / hashlib.sha1(key.encode()).hexdigest()[:16]

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmpc_rl.data.reader import Stats, scan_meta
+
 _LINE = ('{{"main_category": "Home & Kitchen", "title": "{title}", "average_rating": 4.3, "rating_number": {n}, '
          '"features": ["Durable stainless steel", "Dishwasher safe"], "description": ["Product Description", '
          '"A sturdy item for every kitchen."], "price": {price}, "images": {images}, "videos": [], '
@@ -43,7 +45,6 @@ def peak_rss_mb() -> float:
 
 
 def bench(path: str | Path) -> dict:
-    from mmpc_rl.data.reader import Stats, scan_meta
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     stats = Stats()

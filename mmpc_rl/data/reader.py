@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from mmpc_rl.data.schema import clean_title, cover_url, ineligible_reason, is_eligible, item_text
-from mmpc_rl.errors import DataError
+from mmpc_rl.errors import DataError, did_you_mean
 
 CATEGORIES = ("All_Beauty", "Arts_Crafts_and_Sewing", "Electronics", "Home_and_Kitchen", "Industrial_and_Scientific",
               "Musical_Instruments", "Office_Products", "Toys_and_Games", "Video_Games")
@@ -168,7 +168,6 @@ def resolve_categories(source: Path, categories: list[str] | None) -> list[str]:
     """Requested categories checked against the nine (and against what the folder holds)."""
     if categories is None:
         return categories_in(source) if source.is_dir() else list(CATEGORIES)
-    from mmpc_rl.errors import did_you_mean
 
     for c in categories:
         if c not in CATEGORIES:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmpc_rl.data import DEFAULT_SEED, DEFAULT_TEXT_FIELD, build_cached, default_cache_dir, resolve_source
+from mmpc_rl.data.reader import resolve_categories
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.io import append_jsonl, atomic_write_json, read_jsonl
 from mmpc_rl.recbench import conditions as C
@@ -82,8 +84,6 @@ def validate(cfg: RecBenchConfig) -> None:
 def resolve_data_dir(cfg: RecBenchConfig) -> Path:
     """A folder of <Category>/recbench/; "sample" or a raw Amazon-2023 folder is built once through the data
     pipeline into the same cache `load_items` uses, so CQBench and RecBench see the same sample items."""
-    from mmpc_rl.data import DEFAULT_SEED, DEFAULT_TEXT_FIELD, build_cached, default_cache_dir, resolve_source
-    from mmpc_rl.data.reader import resolve_categories
 
     cache = default_cache_dir()
     source = resolve_source(cfg.data_dir, cache)

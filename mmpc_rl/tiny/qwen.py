@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmpc_rl.data.sample import catalog_words
+from mmpc_rl.prompts import all_prompt_texts
+
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
            "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -31,8 +34,6 @@ def build_processor():
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from mmpc_rl.data.sample import catalog_words
-    from mmpc_rl.prompts import all_prompt_texts
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()

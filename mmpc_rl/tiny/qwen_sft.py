@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmpc_rl.data import load_items
+from mmpc_rl.tasks import get_task
+from mmpc_rl.tiny import qwen
+
 VERSION = "2"
 STEPS = 25  # measured: after 40 every greedy held-out answer already parsed, leaving only titles to learn
 BATCH = 8
@@ -20,7 +24,6 @@ LR = 3e-3
 def _examples(processor, items: list[dict]):
     from PIL import Image
 
-    from mmpc_rl.tasks import get_task
 
     task = get_task("i2t")
     out = []
@@ -42,8 +45,6 @@ def _examples(processor, items: list[dict]):
 def build(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
 
-    from mmpc_rl.data import load_items
-    from mmpc_rl.tiny import qwen
 
     torch.manual_seed(seed)
     processor = qwen.build_processor()
