@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from mmpc_rl.config import build_grpo_config, build_lora_config, list_recipes, save_config
+from mmpc_rl.config import build_grpo_config as _build_grpo_config
+from mmpc_rl.config import build_lora_config, list_recipes, save_config
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.train.builder import resolve_layout
 from mmpc_rl.train.recipe import load_training_recipe as load_recipe
+
+
+def build_grpo_config(recipe):
+    """As a training run builds it: the memory layout resolved first (on this CPU machine: one group per step)."""
+    return _build_grpo_config(resolve_layout(recipe))
+
+
+def test_an_open_layout_is_not_handed_to_trl_unresolved():
+    with pytest.raises(ConfigError, match=r"memory layout open \(.*\): resolve it first with mmpc_rl.train.builder.resolve_layout"):
+        _build_grpo_config(load_recipe(["recipe=i2t"]))
 
 
 @pytest.mark.parametrize("name", list_recipes())

@@ -213,6 +213,8 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
 def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
     """Killed during "before", resumed from a checkpoint with a trained adapter: the items the first pass left are
     generated with the adapter off, so "before" equals a fresh pass of the base model."""
+    import shutil
+
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -235,6 +237,7 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
     save_file({k: torch.randn_like(v) if "lora_B" in k else v for k, v in state.items()}, str(weights))
     before = tmp_path / "cqbench" / "before" / "items.jsonl"
     before.write_text(before.read_text().splitlines()[0] + "\n")  # the first "before" pass got one item done
+    shutil.rmtree(tmp_path / "cqbench" / "after")  # and nothing after it
     resumed = build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=3", *common]),
                             models={"minilm": minilm})
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))

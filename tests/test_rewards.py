@@ -87,6 +87,7 @@ def test_the_readme_example_reward_works_as_written():
     from pathlib import Path
 
     from mmpc_rl.config import build_grpo_config
+    from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.recipe import load_training_recipe as load_recipe
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -95,7 +96,7 @@ def test_the_readme_example_reward_works_as_written():
         exec(compile(code, "rewards/title_length.py", "exec"), {"__name__": "mmpc_rl.rewards.title_length"})
     line = re.search(r"recipe=i2t (rewards\.title_length\.weight=\S+) (rewards\.title_length\.target=\S+)", readme)
     cfg = load_recipe(["recipe=i2t", *line.groups()])
-    assert build_grpo_config(cfg).reward_weights == [1.0, 2.0, 0.5]
+    assert build_grpo_config(resolve_layout(cfg)).reward_weights == [1.0, 2.0, 0.5]
     reward = build_reward("title_length", I2T, target=cfg.rewards["title_length"]["target"])
     assert reward(completions=[conv('{"title": "' + "x" * 60 + '"}'), conv('{"title": "' + "x" * 30 + '"}'),
                                conv("no json")]) == [1.0, 0.5, 0.0]
