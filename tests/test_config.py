@@ -17,7 +17,8 @@ def build_grpo_config(recipe):
 
 
 def test_an_open_layout_is_not_handed_to_trl_unresolved():
-    with pytest.raises(ConfigError, match=r"memory layout open \(.*\): resolve it first with mmpc_rl.train.builder.resolve_layout"):
+    needle = r"memory layout open \(.*\): resolve it first with mmpc_rl.train.builder.resolve_layout"
+    with pytest.raises(ConfigError, match=needle):
         _build_grpo_config(load_recipe(["recipe=i2t"]))
 
 
