@@ -99,7 +99,6 @@ def test_several_processes_cannot_shard_and_are_told_to_run_one(monkeypatch, sha
 
 
 def test_cqbench_cli_loads_72b_sharded_over_two_gpus(monkeypatch, shapes):
-    import mmpc_rl.models
     from mmpc_rl.eval import cqbench
 
     fake_gpus(monkeypatch, 79, 79)
@@ -111,7 +110,7 @@ def test_cqbench_cli_loads_72b_sharded_over_two_gpus(monkeypatch, shapes):
         seen.update(kwargs, name=mc.name_or_path, qlora=mc.qlora)
         return "model", "processor"
 
-    monkeypatch.setattr(mmpc_rl.models, "load_policy", fake_load)
+    monkeypatch.setattr(cqbench, "load_policy", fake_load)  # the name the CLI calls
     cfg = cqbench.parse_config([f"models=[{Q72}]", "batch_size=8"])
     assert cqbench.load_model(cfg, Q72) == ("model", "processor")
     assert (seen["name"], seen["device_map"], seen["qlora"]) == (Q72, "auto", False)
