@@ -58,3 +58,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A 24-user, 20-item RecBench category with random 12-d text and 16-d image features."""
+    import torch
+
+    from mmpc_rl.recbench.data import load_category
+    from mmpc_rl.recbench.synthetic import make_category, random_features
+
+    root = tmp_path_factory.mktemp("toy")
+    make_category(root, "Toy", n_users=24, n_items=20, n_interactions=150, n_clusters=4, seed=3)
+    data = load_category(root, "Toy")
+    return data, torch.from_numpy(random_features(data.n_items, 12, 1)), torch.from_numpy(
+        random_features(data.n_items, 16, 2))

@@ -6,23 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmpc_rl.recbench.data import load_category
 from mmpc_rl.recbench.metrics import Evaluator
 from mmpc_rl.recbench.models import BM3, FREEDOM, GRIDS, MODELS, VBPR
-from mmpc_rl.recbench.synthetic import make_category, random_features
 from mmpc_rl.recbench.trainer import NegativeSampler, TrainConfig, make_evaluators, select_best, train_one
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    make_category(root, "Toy", n_users=24, n_items=20, n_interactions=150, n_clusters=4, seed=3)
-    data = load_category(root, "Toy")
-    text = torch.from_numpy(random_features(data.n_items, 12, 1))
-    image = torch.from_numpy(random_features(data.n_items, 16, 2))
-    return data, text, image
 
 
 def _train_recall(model, data) -> float:
