@@ -180,7 +180,7 @@ def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchC
     if not task.uses_image_input:
         renderer = next((r.fn.render_fn() for r in rewards if callable(getattr(r.fn, "render_fn", None))), None)
         if renderer is None:
-            raise DataError("eval.enabled on a text->image recipe needs a reward that renders (sd35_clip)")
+            raise ConfigError("eval.enabled on a text->image recipe needs a reward that renders (sd35_clip)")
     items = load_items(data.path, split=ev.split, categories=ev.categories or data.categories,
                        limit_per_category=ev.items_per_category, seed=data.seed, cache_dir=data.cache_dir)
     scorers = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers,
