@@ -16,7 +16,16 @@ from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.models import load_policy
 from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
 from mmpc_rl.tasks import Task, get_task
-from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger, RunEnd, SafeCheckpoints, init_wandb, prepare_args
+from mmpc_rl.train.callbacks import (
+    CompletionsTable,
+    MetricsLogger,
+    RunEnd,
+    SafeCheckpoints,
+    StopOnNonFinite,
+    init_wandb,
+    no_pickled_args,
+    prepare_args,
+)
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
 
@@ -93,13 +102,14 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     model, processor = build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
-    cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
+    cbs = [MetricsLogger(args.output_dir), StopOnNonFinite(), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
            *(callbacks or []), *([cqbench] if cqbench else []), run_end]
     init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
     trainer = GRPOTrainer(model=model, reward_funcs=instrument_rewards(rewards, recorder), args=args,
                           train_dataset=train_dataset, processing_class=processor,
                           peft_config=build_lora_config(recipe), callbacks=cbs)
+    no_pickled_args(trainer)
     if cqbench:
         cqbench.bind(trainer)
     run_end.bind(trainer)
