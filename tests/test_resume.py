@@ -71,8 +71,13 @@ ARGS = ["recipe=demo-i2t", "eval.enabled=false", "rewards.minilm_cosine=null", "
         "data.limit_per_category=2", "trainer.report_to=none"]
 
 
+# One OpenMP thread per training: two trainings side by side on a busy 2-core box spent minutes in OpenMP barrier
+# spin-waits (seen with gdb: gomp_barrier_wait_end) and missed the 240 s deadline; both runs use the same setting.
+ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
 def _launch(script: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TRACE": str(out / "trace.jsonl"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, **ENV, "TRACE": str(out / "trace.jsonl")}
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, str(script), *ARGS, f"trainer.output_dir={out}", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,7 +110,7 @@ def runs(tmp_path_factory, tiny_qwen, sample_catalog):
         (half / "trainer_state.json").unlink()
     resumed = subprocess.run([sys.executable, str(script), *ARGS, f"trainer.output_dir={killed}",
                               "trainer.resume_from_checkpoint=auto"],
-                             env={**os.environ, "TRACE": str(killed / "trace_resumed.jsonl")},
+                             env={**os.environ, **ENV, "TRACE": str(killed / "trace_resumed.jsonl")},
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ref_out = ref_proc.communicate(timeout=300)[0]
@@ -165,7 +170,7 @@ def test_a_finished_run_resumed_again_is_a_no_op_that_says_so(runs, tmp_path):
     again = subprocess.run([sys.executable, "-m", "mmpc_rl.cli", "train", *ARGS, f"trainer.output_dir={out}",
                             "trainer.resume_from_checkpoint=auto", "rewards.trace=null",
                             "rewards.json_format.weight=1"],
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
+                           env={**os.environ, **ENV},
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"the run in {out} already finished at step 4 (max_steps=4)" in again.stdout
