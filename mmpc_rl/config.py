@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmpc_rl.checks import check_lora, check_trainer
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.io import atomic_write_text
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
@@ -234,14 +235,18 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipe_dir().glob("*.yaml") if p.stem != "base")
 
 
-def _recipe_path(name: str) -> Path:
+def _recipe_path(name: str, relative_to: Path | None = None) -> Path:
+    """A recipe file (`*.yaml`, relative to the folder of the recipe that inherits it, else to the working
+    directory) or a shipped recipe's name. `base` is only a parent (`inherit: base`), never a run of its own."""
     if name.endswith((".yaml", ".yml")):
-        path = Path(name)
+        path = Path(name).expanduser()
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.is_file():
-            raise ConfigError(f"recipe file {name!r} does not exist")
+            raise ConfigError(f"recipe file {str(path)!r} does not exist")
         return path
     path = recipe_dir() / f"{name}.yaml"
-    if name == "base" or not path.is_file():
+    if (name == "base" and relative_to is None) or "/" in name or "\\" in name or not path.is_file():
         raise ConfigError(f"unknown recipe {name!r}" + did_you_mean(name, list_recipes()))
     return path
 
@@ -256,12 +261,22 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _compose(name: str, seen: tuple[str, ...] = ()) -> DictConfig:
-    if name in seen:
-        raise ConfigError(f"recipe inheritance loops: {' -> '.join((*seen, name))}")
-    cfg = _load_yaml(_recipe_path(name))
-    parent = cfg.pop("inherit", None)
-    below = _compose(parent, (*seen, name)) if parent else _load_yaml(recipe_dir() / "base.yaml")
+def _compose(name: str, seen: tuple[str, ...] = (), relative_to: Path | None = None) -> DictConfig:
+    path = _recipe_path(name, relative_to).resolve()  # absolute: its own `inherit:` is relative to its folder
+    key = str(path)
+    if key in seen:
+        raise ConfigError(f"recipe inheritance loops: {' -> '.join((*seen, key))}")
+    cfg = _load_yaml(path)
+    try:
+        parent = cfg.pop("inherit", None)
+    except OmegaConfBaseException as e:  # e.g. `inherit: ${oc.env:UNSET}`
+        raise ConfigError(f"recipe {path}: inherit: {str(e).splitlines()[0]}") from None
+    if parent is not None and not isinstance(parent, str):
+        raise ConfigError(f"recipe {path}: inherit: must be a recipe name or a .yaml path, got {parent!r}")
+    if parent == "base" or not parent:
+        below = _load_yaml(recipe_dir() / "base.yaml")
+    else:
+        below = _compose(parent, (*seen, key), path.parent)
     return OmegaConf.merge(below, cfg)
 
 
@@ -324,6 +339,9 @@ def build_recipe(raw: dict) -> Recipe:
     _check_keys("lora", lora, lora_fields())
     trainer = _mapping("trainer", raw.get("trainer"))
     _check_keys("trainer", trainer, grpo_fields())
+    check_trainer(trainer)
+    if lora:
+        check_lora(lora)
     if "reward_weights" in trainer:
         raise ConfigError("set reward weights as rewards.<name>.weight, not trainer.reward_weights")
     if not trainer.get("output_dir"):
@@ -390,6 +408,16 @@ def scrub(node: Any) -> Any:
     if isinstance(node, list):
         return [scrub(v) for v in node]
     return node
+
+
+def scrub_argv(argv: list[str]) -> list[str]:
+    """`key=value` arguments with the values of secret-looking keys redacted (as `scrub` does to a tree)."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        secret = eq and value and any(m in key.split(".")[-1].lower() for m in SECRET_MARKERS)
+        out.append(f"{key}=<redacted>" if secret else arg)
+    return out
 
 
 def save_config(recipe: Recipe, output_dir: str | os.PathLike) -> Path:

@@ -119,3 +119,80 @@ def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
     args = SimpleNamespace(report_to=["wandb"], process_index=0, output_dir=str(tmp_path), run_name=None)
     with pytest.raises(ConfigError, match=r"^W&B: No API key configured\..*WANDB_MODE=offline"):
         init_wandb(load_recipe(["recipe=demo-i2t"]), args)
+
+
+# issue 13 item 12: values are checked while the recipe is built, before any data or model loads. data.path points
+# nowhere, so an argument that got past the recipe would end on "data path ... does not exist" instead.
+@pytest.mark.parametrize("arg, message", [
+    ("trainer.learning_rate=1e400", "trainer.learning_rate=inf is not a finite number"),
+    ("trainer.learning_rate=abc", "trainer.learning_rate must be a number (float), got 'abc'"),
+    ("trainer.learning_rate=0", "trainer.learning_rate=0: must be greater than 0"),
+    ("trainer.beta=nan", "trainer.beta must be a number (float), got 'nan'"),
+    ("trainer.beta=.nan", "trainer.beta=nan is not a finite number"),
+    ("trainer.beta=-0.1", "trainer.beta=-0.1: must not be negative"),
+    ("trainer.per_device_train_batch_size=0", "trainer.per_device_train_batch_size=0: must be at least 1"),
+    ("trainer.per_device_train_batch_size=2.5", "trainer.per_device_train_batch_size must be a whole number"),
+    ("trainer.num_generations=0", "trainer.num_generations=0: must be at least 1"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing"),
+    ("trainer.max_steps=-3", "trainer.max_steps=-3 trains nothing"),
+    ("trainer.save_steps=true", "trainer.save_steps must be a number (float), got True"),
+    ("lora.r=0", "lora.r=0: the adapter rank must be at least 1"),
+    ("lora.lora_dropout=1.5", "lora.lora_dropout=1.5: must be in [0, 1)"),
+    ("trainer.resume_from_checkpoint=/no/such/checkpoint-4", "trainer.resume_from_checkpoint='/no/such/checkpoint-4' "
+                                                             "is not a folder"),
+    ("trainer.output_dir=${oc.env:MMPC_SURELY_UNSET_VAR}", "Environment variable 'MMPC_SURELY_UNSET_VAR' not found"),
+])
+def test_bad_values_are_one_line_before_anything_loads(capsys, tmp_path, monkeypatch, arg, message):
+    monkeypatch.delenv("MMPC_SURELY_UNSET_VAR", raising=False)
+    err = _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "data.path=/no/such/catalog", arg)
+    assert message in err
+
+
+def test_recipe_file_with_an_unset_env_var_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("MMPC_SURELY_UNSET_VAR", raising=False)
+    (tmp_path / "a.yaml").write_text("inherit: ${oc.env:MMPC_SURELY_UNSET_VAR}\n")
+    assert "'MMPC_SURELY_UNSET_VAR' not found" in _cli(capsys, f"recipe={tmp_path / 'a.yaml'}")
+    (tmp_path / "b.yaml").write_text("inherit: demo-i2t\ntrainer:\n  learning_rate: ${oc.env:MMPC_SURELY_UNSET_VAR}\n")
+    assert "'MMPC_SURELY_UNSET_VAR' not found" in _cli(capsys, f"recipe={tmp_path / 'b.yaml'}")
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("workers=0", "workers=0: must be at least 1"),
+    ("timeout=abc", "bad option: Value 'abc' of type 'str' could not be converted to Float"),
+    ("timeout=0", "timeout=0.0: must be more than 0 seconds"),
+    ("timeout=.inf", "timeout=inf: must be a finite number"),
+    ("cqbench_per_category=-1", "cqbench_per_category=-1: must be at least 0"),
+    ("train_per_category=-5", "train_per_category=-5: must be at least 0"),
+    ("retries=-1", "retries=-1: must be at least 0"),
+    ("k=0", "k=0: must be at least 1"),
+])
+def test_data_build_values_are_one_line(capsys, tmp_path, arg, message):
+    from mmpc_rl.data.cli import main
+
+    rc = run_cli(lambda: main(["build", f"source={tmp_path}", f"out={tmp_path / 'out'}", arg]))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Traceback" not in err and err.splitlines()[-1] == f"mmpc-rl: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_build_python_api_checks_values_too(tmp_path):
+    from mmpc_rl.data.build import build
+    from mmpc_rl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"workers='4': must be a finite number"):
+        build(source=str(tmp_path), out=str(tmp_path / "o"), workers="4")
+    with pytest.raises(ConfigError, match=r"train_per_category=-2: must be at least 0"):
+        build(source=str(tmp_path), out=str(tmp_path / "o"), train_per_category=-2)
+
+
+def test_a_loss_or_grad_norm_that_turns_non_finite_stops_the_run_naming_the_step():
+    from mmpc_rl.errors import ConfigError
+    from mmpc_rl.train.callbacks import StopOnNonFinite
+
+    guard, state = StopOnNonFinite(), SimpleNamespace(global_step=7)
+    guard.on_log(None, state, None, logs={"loss": 0.3, "grad_norm": 1.2, "reward": float("nan")})  # fine
+    guard.on_log(None, state, None, logs=None)
+    with pytest.raises(ConfigError, match=r"training diverged at step 7: loss=nan; "):
+        guard.on_log(None, state, None, logs={"loss": float("nan"), "grad_norm": 1.0})
+    with pytest.raises(ConfigError, match=r"at step 7: loss=inf, grad_norm=-inf;.*trainer.learning_rate"):
+        guard.on_log(None, state, None, logs={"loss": float("inf"), "grad_norm": float("-inf")})

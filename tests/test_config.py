@@ -118,3 +118,30 @@ def test_lora_targets_only_the_language_model_of_qwen_and_gemma(tiny_qwen):
         adapted = [n for n, _ in wrapped.named_modules() if n.endswith(".lora_A")]
         assert len(adapted) == 7 * 2, adapted  # 2 blocks x {q,k,v,o,gate,up,down}
         assert all(".language_model." in n for n in adapted)
+
+
+def test_inherit_paths_resolve_against_the_recipe_folder_and_base_is_a_parent(tmp_path, monkeypatch):
+    # issue 13 item 15: run from anywhere; `inherit: ../x.yaml` is the recipe file's neighbour, not the cwd's
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "shared" / "base-ish.yaml").write_text("inherit: i2t\ntrainer:\n  learning_rate: 0.0007\n")
+    (tmp_path / "mine" / "my.yaml").write_text("inherit: ../shared/base-ish.yaml\ntrainer:\n  beta: 0.5\n")
+    (tmp_path / "mine" / "plain.yaml").write_text("inherit: base\ntask: i2t\ntrainer:\n  output_dir: out/plain\n"
+                                               "rewards:\n  json_format:\n    weight: 1.0\n")
+    (tmp_path / "mine" / "loop.yaml").write_text("inherit: ./loop.yaml\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_recipe([f"recipe={tmp_path / 'mine' / 'my.yaml'}"])
+    assert (cfg.trainer.learning_rate, cfg.trainer.beta, cfg.trainer.loss_type) == (0.0007, 0.5, "grpo")
+    plain = load_recipe([f"recipe={tmp_path / 'mine' / 'plain.yaml'}"])
+    assert plain.trainer.output_dir == "out/plain" and plain.task == "i2t"
+    monkeypatch.chdir(tmp_path / "mine")  # a relative recipe path is the cwd's, its parents the file's
+    assert load_recipe(["recipe=my.yaml"]).trainer.beta == 0.5
+    with pytest.raises(ConfigError, match="inheritance loops"):
+        load_recipe(["recipe=loop.yaml"])
+    (tmp_path / "mine" / "gone.yaml").write_text("inherit: ../nowhere/x.yaml\n")
+    with pytest.raises(ConfigError, match=r"recipe file '.*mine/\.\./nowhere/x\.yaml' does not exist"):
+        load_recipe(["recipe=gone.yaml"])
+    with pytest.raises(ConfigError, match="unknown recipe 'base'"):  # base is a parent, not a run
+        load_recipe(["recipe=base"])

@@ -120,6 +120,24 @@ def test_metrics_logger_drops_replayed_steps_on_resume_and_plots(tmp_path):
     assert curves.plot_curves(tmp_path / "nothing") is None
 
 
+def test_metrics_jsonl_keeps_non_finite_values_as_strict_json(tmp_path):
+    # issue 13 item 11: NaN was dropped and Infinity written (not JSON); now null plus a `nonfinite` note
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in metrics.jsonl"))
+
+    ml = MetricsLogger(tmp_path)
+    ml.on_train_begin(None, _state(0), None)
+    ml.on_log(None, _state(1), None, logs={"loss": float("nan"), "grad_norm": float("inf"), "kl": float("-inf"),
+                                           "reward": 0.25, "mode": "train"})
+    ml.on_log(None, _state(2), None, logs={"loss": 0.5})
+    lines = [strict(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = {k: v for k, v in lines[0].items() if k not in ("epoch", "time")}
+    assert first == {"step": 1, "loss": None, "grad_norm": None, "kl": None, "reward": 0.25, "mode": "train",
+                     "nonfinite": {"loss": "nan", "grad_norm": "inf", "kl": "-inf"}}
+    assert "nonfinite" not in lines[1] and lines[1]["loss"] == 0.5
+    assert curves.plot_curves(tmp_path).is_file()  # nulls are gaps in a curve, not a crash
+
+
 def test_curves_cli_one_line_errors(tmp_path):
     from mmpc_rl.errors import ConfigError
 
@@ -151,6 +169,7 @@ def read_wandb_records(path: Path):
     return out
 
 
+CMDLINE_TOKEN = "hf_GivenOnTheCommandLine0042"  # issue 13 item 13: W&B kept it verbatim (the run's argv)
 SECRETS = {"WANDB_API_KEY": "wb-secret-7f3a9c1e5d2b8f4a6c0e9d7b3a1f5c8e2d4b6a9c", "HF_TOKEN": "hf_TopSecretToken4242"}
 
 
@@ -160,12 +179,15 @@ def offline_run(tmp_path_factory, tiny_qwen, minilm, monkeypatch_module):
 
     for k, v in {"WANDB_MODE": "offline", **SECRETS}.items():
         monkeypatch_module.setenv(k, v)
+    monkeypatch_module.delenv("WANDB_DIR", raising=False)
     out = tmp_path_factory.mktemp("wandb-run")
-    rc = main(["recipe=demo-i2t", f"trainer.output_dir={out}", "trainer.report_to=[wandb]", "eval.enabled=false",
-               "trainer.max_steps=2", "trainer.per_device_train_batch_size=2", "trainer.num_generations=2",
-               "trainer.max_completion_length=6", "trainer.save_steps=1", "trainer.log_completions=true",
-               "data.limit_per_category=2", "wandb.project=mmpc-test", "wandb.name=offline-demo",
-               "wandb.log_completions_every=1"])
+    argv = ["recipe=demo-i2t", f"trainer.output_dir={out}", "trainer.report_to=[wandb]", "eval.enabled=false",
+            "trainer.max_steps=2", "trainer.per_device_train_batch_size=2", "trainer.num_generations=2",
+            "trainer.max_completion_length=6", "trainer.save_steps=1", "trainer.log_completions=true",
+            "data.limit_per_category=2", "wandb.project=mmpc-test", "wandb.name=offline-demo",
+            "wandb.log_completions_every=1", f"trainer.hub_token={CMDLINE_TOKEN}"]
+    monkeypatch_module.setattr("sys.argv", ["train/grpo.py", *argv])  # as `python train/grpo.py ...` has it
+    rc = main(argv)
     assert rc == 0
     return out
 
@@ -213,8 +235,10 @@ def test_offline_run_leaves_curves_logs_and_no_secrets_or_pickles(offline_run):
     for f in offline_run.rglob("*"):
         if f.is_file():
             blob = f.read_bytes()
-            leaked += [f"{f.name}:{k}" for k, v in SECRETS.items() if v.encode() in blob]
+            leaked += [f"{f.name}:{k}" for k, v in {**SECRETS, "cmdline": CMDLINE_TOKEN}.items() if v.encode() in blob]
     assert leaked == []
+    (record,) = (offline_run / "wandb").glob("offline-run-*/run-*.wandb")  # offline, the run's argv is in here
+    assert b"trainer.hub_token=<redacted>" in record.read_bytes()
 
 
 def test_text_to_image_renders_become_an_image_column(tmp_path):
@@ -244,3 +268,25 @@ def test_text_to_image_renders_become_an_image_column(tmp_path):
     first = next(read_jsonl(tmp_path / "completions" / "step_00005.jsonl"))
     assert first["render"] == ["images/step_00005_r00_render_0.png", "images/step_00005_r00_render_1.png"]
     assert Image.open(tmp_path / "completions" / first["render"][0]).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_wandb_dir_from_the_environment_is_honoured(tmp_path, monkeypatch):
+    # issue 13 item 16: wandb.init(dir=output_dir) overrode the user's WANDB_DIR
+    import wandb
+
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.train.callbacks import init_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    (tmp_path / "wandb-home").mkdir()
+    out = tmp_path / "run"
+    recipe = load_recipe(["recipe=demo-i2t", f"trainer.output_dir={out}"])
+    args = SimpleNamespace(report_to=["wandb"], process_index=0, output_dir=str(out), run_name=None)
+    try:
+        run = init_wandb(recipe, args)
+        assert Path(run.dir).is_relative_to(tmp_path / "wandb-home")
+    finally:
+        wandb.finish()
+    assert list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*"))
+    assert not (out / "wandb").exists() and (out / "wandb_run_id.txt").is_file()

@@ -99,8 +99,13 @@ ARGS = ["recipe=demo-i2t", "eval.enabled=false", "rewards.minilm_cosine=null", "
         "data.limit_per_category=2", "trainer.report_to=none"]
 
 
+# One OpenMP thread per training: two trainings side by side on a busy 2-core box spent minutes in OpenMP barrier
+# spin-waits (seen with gdb: gomp_barrier_wait_end) and missed the 240 s deadline; both runs use the same setting.
+ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
 def _launch(script: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TRACE": str(out / "trace.jsonl"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, **ENV, "TRACE": str(out / "trace.jsonl")}
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, str(script), *ARGS, f"trainer.output_dir={out}", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -144,7 +149,7 @@ def runs(tmp_path_factory, tiny_qwen, sample_catalog):
         (half / "trainer_state.json").unlink()
     resumed = subprocess.run([sys.executable, str(script), *ARGS, f"trainer.output_dir={killed}",
                               "trainer.resume_from_checkpoint=auto"],
-                             env={**os.environ, "TRACE": str(killed / "trace_resumed.jsonl")},
+                             env={**os.environ, **ENV, "TRACE": str(killed / "trace_resumed.jsonl")},
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ref_out = ref_proc.communicate(timeout=300)[0]
@@ -193,3 +198,96 @@ def test_resumed_run_leaves_a_complete_final_adapter_and_no_pickled_args(runs):
     assert (out / "adapter_model.safetensors").stat().st_size > 0
     assert (out / "training_args.json").is_file() and not list(out.rglob("training_args.bin"))
     assert (out / "reward_curves.png").is_file()
+
+
+def test_a_finished_run_resumed_again_is_a_no_op_that_says_so(runs, tmp_path):
+    # issue 13 item 6: it trained one more step each time and overwrote the final adapter
+    out = runs["killed"]
+    state = json.loads((out / "trainer_state.json").read_text())  # RunEnd leaves it beside the final adapter
+    assert (state["global_step"], state["max_steps"]) == (4, 4)
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    again = subprocess.run([sys.executable, "-m", "mmpc_rl.cli", "train", *ARGS, f"trainer.output_dir={out}",
+                            "trainer.resume_from_checkpoint=auto", "rewards.trace=null",
+                            "rewards.json_format.weight=1"],
+                           env={**os.environ, **ENV},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"the run in {out} already finished at step 4 (max_steps=4)" in again.stdout
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    assert not (out / "checkpoint-5").exists()
+
+
+def _finished(root: Path, step: int = 4, final: bool = True) -> Path:
+    _checkpoint(root, step, state=json.dumps({"global_step": step, "max_steps": step, "num_train_epochs": 1}))
+    if final:
+        (root / "adapter_model.safetensors").write_bytes(b"final")
+        (root / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": step,
+                                                             "num_train_epochs": 1}))
+    return root
+
+
+@pytest.mark.parametrize("extra, final, finished", [
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=4"], True, True),
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=4"], False, True),  # last checkpoint says so
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=1"], True, True),
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=6"], True, False),  # more steps asked: train on
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=2"], True, False),
+    (["trainer.max_steps=4"], True, False),  # no resume asked: a new run over the old one, as before
+])
+def test_finished_run_check(capsys, tmp_path, extra, final, finished):
+    from mmpc_rl.errors import run_cli
+    from mmpc_rl.train.grpo import main
+
+    out = _finished(tmp_path / "run", final=final)
+    # data.path points nowhere: a run that goes on to train stops there (exit 2) instead
+    rc = run_cli(lambda: main(["recipe=demo-i2t", f"trainer.output_dir={out}", "data.path=/no/such/catalog",
+                               *extra]))
+    captured = capsys.readouterr()
+    if finished:
+        assert rc == 0 and "already finished at step 4" in captured.out
+        if final:
+            assert (out / "adapter_model.safetensors").read_bytes() == b"final"
+    else:
+        assert rc == 2 and "data path '/no/such/catalog' does not exist" in captured.err
+
+
+def test_an_explicit_finished_checkpoint_is_a_no_op_too(tmp_path):
+    from mmpc_rl.train.resume import finished_run
+
+    out = _finished(tmp_path / "run", final=False)
+    opts = {"output_dir": str(out), "resume_from_checkpoint": str(out / "checkpoint-4"), "max_steps": 4}
+    assert "already finished at step 4 (max_steps=4)" in finished_run(opts)
+    assert finished_run({**opts, "max_steps": 5}) is None
+    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "max_')  # unreadable: not ours
+    assert finished_run(opts) is None
+
+
+def test_the_pickled_args_never_exist_in_a_checkpoint_at_any_instant(tmp_path, monkeypatch):
+    # issue 13 item 14: the .bin was replaced in on_save, after the checkpoint was complete on disk; a kill in
+    # between left it for good. Here the checkpoint is saved and looked at before any callback runs.
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from mmpc_rl.train.callbacks import no_pickled_args
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", hub_token="hf_NotInAPickle")
+    trainer = no_pickled_args(Trainer(model=torch.nn.Linear(2, 2), args=args))
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    seen = []
+    real = torch.save
+
+    def spy(obj, f, *a, **k):  # every torch.save that reaches the disk, and what a kill at that instant leaves
+        seen.append((Path(f).name, sorted(p.name for p in Path(f).parent.iterdir())))
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", spy)
+    trainer.state.global_step = 1
+    trainer._save_checkpoint(trainer.model, trial=None)  # all the HF Trainer writes; on_save has not run
+    ckpt = tmp_path / "checkpoint-1"
+    assert is_complete(ckpt)
+    assert not (ckpt / "training_args.bin").exists()
+    assert json.loads((ckpt / "training_args.json").read_text())["hub_token"] == "<HUB_TOKEN>"
+    assert seen and all(name != "training_args.bin" and "training_args.bin" not in files for name, files in seen)
+    assert torch.save is spy  # the wrapper put the real torch.save back
+    trainer.save_model(str(tmp_path / "final"))
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["model.safetensors", "training_args.json"]

@@ -40,6 +40,9 @@ def test_grpo_run_changes_lora_saves_a_reloadable_adapter_and_logs_rewards(tmp_p
     assert len(changed) >= len(before) // 2, "GRPO left the LoRA weights unchanged"
 
     assert (out / "adapter_model.safetensors").is_file() and (out / "config.yaml").is_file()
+    # the args' JSON is part of every save (no pickle at any instant), and a diverging loss stops the run
+    assert (out / "training_args.json").is_file() and not list(out.rglob("training_args.bin"))
+    assert any(type(cb).__name__ == "StopOnNonFinite" for cb in trainer.callback_handler.callbacks)
     base = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen))
     reloaded = PeftModel.from_pretrained(base, str(out))
     reloaded_state = {k.replace(".default", ""): v for k, v in lora_state(reloaded).items()}

@@ -18,7 +18,16 @@ from mmpc_rl.plan import device_gb, plan_recipe
 from mmpc_rl.plan.recipe import layout_overrides
 from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
 from mmpc_rl.tasks import Task, get_task
-from mmpc_rl.train.callbacks import CompletionsTable, MetricsLogger, RunEnd, SafeCheckpoints, init_wandb, prepare_args
+from mmpc_rl.train.callbacks import (
+    CompletionsTable,
+    MetricsLogger,
+    RunEnd,
+    SafeCheckpoints,
+    StopOnNonFinite,
+    init_wandb,
+    no_pickled_args,
+    prepare_args,
+)
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
@@ -155,7 +164,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     model, processor = policy if policy is not None else build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
-    cbs = [MetricsLogger(args.output_dir), SafeCheckpoints(),
+    cbs = [MetricsLogger(args.output_dir), StopOnNonFinite(), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
            *(callbacks or []), *([cqbench] if cqbench else []), run_end]
     init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
@@ -166,6 +175,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
         keep_trainable_fp32(trainer.model)  # before train() builds the optimizer over these tensors
     if recipe.model.compiled_decoding:
         enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
+    no_pickled_args(trainer)
     if cqbench:
         cqbench.bind(trainer)
     run_end.bind(trainer)

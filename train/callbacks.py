@@ -18,11 +18,13 @@ one type. `prepare_args` turns TRL's table off when it would crash.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
-from mmpc_rl.config import Recipe, scrub
+from mmpc_rl.config import Recipe, scrub, scrub_argv
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
 from mmpc_rl.train.curves import plot_curves
@@ -68,15 +70,43 @@ class MetricsLogger(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - (self._t0 or 0), 3)}
-        for k, v in logs.items():
-            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-                record[k] = v
-            elif isinstance(v, str):
-                record[k] = v
+        record.update(finite_record(logs))
         append_jsonl(self.path, record)
         summary = {k: v for k, v in record.items() if k.startswith(SUMMARY_PREFIXES)}
         if summary:
             log_summary(summary, self.path.parent)
+
+
+def finite_record(logs: dict) -> dict:
+    """Logged numbers and strings as strict JSON. A non-finite number (NaN/Infinity are not JSON) is kept, not
+    dropped: its key holds null and `nonfinite` maps the key to "nan", "inf" or "-inf"."""
+    record, bad = {}, {}
+    for k, v in logs.items():
+        if isinstance(v, bool) or isinstance(v, str):
+            record[k] = v
+        elif isinstance(v, (int, float)):
+            if math.isfinite(v):
+                record[k] = v
+            else:
+                record[k], bad[k] = None, "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if bad:
+        record["nonfinite"] = bad
+    return record
+
+
+class StopOnNonFinite(TrainerCallback):
+    """A loss or gradient norm that is NaN/inf never recovers: the run stops there with one line naming the step
+    (exit 2), before the all-NaN adapter is checkpointed or saved as the result."""
+
+    KEYS = ("loss", "grad_norm")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: logs[k] for k in self.KEYS if isinstance((logs or {}).get(k), (int, float))
+               and not math.isfinite(logs[k])}
+        if bad:
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise ConfigError(f"training diverged at step {state.global_step}: {values}; nothing after the last "
+                              "checkpoint was saved (lower trainer.learning_rate, or check the rewards)")
 
 
 class CompletionsTable(TrainerCallback):
@@ -193,7 +223,8 @@ def _wandb_image(wandb, imgs: list):
 
 class SafeCheckpoints(TrainerCallback):
     """The HF Trainer pickles TrainingArguments into training_args.bin (loading it needs weights_only=False, i.e.
-    arbitrary code); resuming never reads it. Replace it by a JSON copy (`to_json_string` redacts *_token fields)."""
+    arbitrary code); resuming never reads it. `no_pickled_args` keeps the trainer from ever writing it; this callback
+    removes one that another code path (a checkpoint of an older run) left behind."""
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -208,6 +239,36 @@ def replace_pickled_args(folder: str | Path, args) -> None:
     atomic_write_text(folder / "training_args.json", args.to_json_string())
     (folder / "training_args.bin").unlink(missing_ok=True)
 
+
+def no_pickled_args(trainer):
+    """Make the JSON copy of the arguments part of every save (checkpoints and the final adapter): `Trainer._save`
+    ends with `torch.save(self.args, .../training_args.bin)`; here training_args.json is written first and that one
+    `torch.save` of the args object is skipped, so no instant exists at which a kill leaves a pickle behind (replacing
+    it afterwards, in on_save, left one in every checkpoint a kill hit between the save and the callback)."""
+    import torch
+
+    original = trainer._save
+
+    def _save(output_dir=None, state_dict=None):
+        folder = Path(output_dir if output_dir is not None else trainer.args.output_dir)
+        if trainer.args.should_save:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "training_args.json", trainer.args.to_json_string())
+        real_save = torch.save
+
+        def save(obj, f, *a, **k):
+            if obj is trainer.args:  # the args pickle only: weights, optimizer and RNG states go through
+                return None
+            return real_save(obj, f, *a, **k)
+
+        torch.save = save
+        try:
+            return original(output_dir, state_dict=state_dict)
+        finally:
+            torch.save = real_save
+
+    trainer._save = _save
+    return trainer
 
 
 class RunEnd(TrainerCallback):
@@ -230,6 +291,8 @@ class RunEnd(TrainerCallback):
             return
         out = Path(args.output_dir)
         replace_pickled_args(out, args)
+        # the state beside the final adapter: a later resume of this output_dir sees the run finished (resume.py)
+        atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
         png = plot_curves(out)
         try:
             import wandb  # optional: only runs that report to W&B have a run to close
@@ -268,13 +331,20 @@ def init_wandb(recipe: Recipe, args):
     os.environ.setdefault("WANDB_PROJECT", wb.project)  # HF's WandbCallback reads it if it ever inits itself
     if wandb.run is not None:
         wandb.finish()
+    # W&B records the command line (sys.argv) in the run's metadata: `trainer.hub_token=...` given there would be
+    # stored verbatim, so the run starts with the secrets in it redacted, as in config.yaml.
+    argv = sys.argv
+    sys.argv = [*argv[:1], *scrub_argv(argv[1:])]
     try:
         run = wandb.init(project=wb.project, entity=wb.entity, name=wb.name or args.run_name or out.name,
-                         tags=list(dict.fromkeys([*wb.tags, recipe.task])), dir=str(out), id=run_id,
+                         tags=list(dict.fromkeys([*wb.tags, recipe.task])), id=run_id,
+                         dir=os.environ.get("WANDB_DIR") or str(out),  # the user's WANDB_DIR wins when set
                          resume="allow" if run_id else None, config={"recipe": scrub(recipe.to_dict())})
     except wandb.errors.Error as e:  # no API key, bad entity, server refused...
         raise ConfigError(f"W&B: {str(e).splitlines()[0]} (set WANDB_API_KEY or run `wandb login`; "
                           "WANDB_MODE=offline logs locally; or trainer.report_to=none)") from None
+    finally:
+        sys.argv = argv
     if run is not None and run_id is None and run.id:
         atomic_write_text(id_file, run.id + "\n")
     return run

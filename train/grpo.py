@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmpc_rl.errors import run_cli
 from mmpc_rl.train.recipe import load_training_recipe
-from mmpc_rl.train.resume import resume_point
+from mmpc_rl.train.resume import finished_run, resume_point
 
 DEMO_RECIPE = "demo-i2t"
 
@@ -27,6 +27,10 @@ DEMO_RECIPE = "demo-i2t"
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = load_training_recipe(argv)  # fails in seconds on a bad recipe, key or reward
+    done = finished_run(recipe.trainer)
+    if done:
+        print(f"mmpc-rl: {done}")
+        return 0
 
     from mmpc_rl.train.builder import build_trainer  # TRL and the model stack: ~8 s of imports, after the checks
 

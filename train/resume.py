@@ -15,7 +15,9 @@ import re
 import struct
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -126,3 +128,37 @@ def resume_point(args) -> str | bool | None:
     if str(value).lower() == "auto":
         return last_complete_checkpoint(args.output_dir)
     return value
+
+
+def finished_run(trainer: Mapping[str, Any]) -> str | None:
+    """Why resuming has nothing to train, or None. A run that reached its max_steps, resumed, would train one more
+    step past it and overwrite its final adapter; the entry point stops instead. The state read is the one the run
+    left with its final adapter (RunEnd writes output_dir/trainer_state.json), else the checkpoint it would resume."""
+    value = trainer.get("resume_from_checkpoint")
+    if value in (None, "", False):
+        return None
+    out = Path(str(trainer.get("output_dir")))
+    if value is True or str(value).lower() == "auto":
+        final = out / "trainer_state.json"
+        if final.is_file() and any(_nonempty(out / w) for w in WEIGHTS):
+            source = final
+        else:
+            ckpt = last_complete_checkpoint(out)
+            source = Path(ckpt) / "trainer_state.json" if ckpt else None
+    else:
+        source = Path(str(value)) / "trainer_state.json"
+    try:
+        state = json.loads(source.read_text()) if source is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return None
+    step, wanted = state["global_step"], trainer.get("max_steps", -1)
+    if wanted is None or wanted <= 0:  # epoch-based: finished if the epochs asked for are the ones it ran
+        if float(trainer.get("num_train_epochs", 3.0)) > float(state.get("num_train_epochs") or 0):
+            return None
+        wanted = state.get("max_steps") or 0
+    if wanted <= 0 or step < wanted:
+        return None
+    return (f"the run in {out} already finished at step {step} (max_steps={wanted}), see {source}; nothing to "
+            "train and its adapter is left as it is (raise trainer.max_steps to train on, or use a new output_dir)")

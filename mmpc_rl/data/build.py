@@ -166,10 +166,34 @@ def build_category(cat: str, opts: dict, cache: ImageCache) -> dict:
             "failed_images": image_stats.as_dict()}
 
 
+AT_LEAST = {"workers": 1, "k": 1, "cqbench_per_category": 0, "train_per_category": 0, "rec_users": 0,
+            "retries": 0, "min_image_size": 0}
+
+
+def check_values(opts: dict) -> None:
+    """Numbers are numbers of a sane size, before any file is read: `workers=0` or `timeout=abc` would otherwise
+    stop the build deep inside the download pool, and a negative set size silently builds nothing."""
+    import math
+
+    for key, default in DEFAULTS.items():
+        value = opts.get(key)
+        if value is None or isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
+        if isinstance(default, int) and value != int(value):
+            raise ConfigError(f"{key}={value!r}: must be a whole number")
+        if key in AT_LEAST and value < AT_LEAST[key]:
+            raise ConfigError(f"{key}={value}: must be at least {AT_LEAST[key]}")
+    if opts.get("timeout") is not None and opts["timeout"] <= 0:
+        raise ConfigError(f"timeout={opts['timeout']}: must be more than 0 seconds")
+
+
 def build(**kwargs) -> Path:
     """Run the pipeline (keyword options as on the command line); returns the output folder."""
     opts = dict(DEFAULTS)
     opts.update(kwargs)
+    check_values(opts)
     if not opts["source"] or not opts["out"]:
         raise ConfigError("source= and out= are required (source: a folder of raw .jsonl[.gz] files, or hub)")
     if opts["text_field"] not in TEXT_FIELDS:
