@@ -24,6 +24,10 @@ WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.
 MAX_HEADER = 100 * 2**20
 
 
+def _nonempty(p: Path) -> bool:
+    return p.is_file() and p.stat().st_size > 0
+
+
 def _safetensors_problem(p: Path) -> str | None:
     """None when the header parses and the file holds exactly the bytes it declares (a truncation shows here)."""
     try:
