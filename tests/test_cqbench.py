@@ -227,7 +227,7 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
 
     common = [f"trainer.output_dir={tmp_path}", "trainer.num_generations=2", "trainer.per_device_train_batch_size=2",
               "trainer.max_completion_length=4", "data.limit_per_category=1", "eval.items_per_category=1",
-              "eval.max_new_tokens=8", "trainer.learning_rate=0", "trainer.save_strategy=steps",
+              "eval.max_new_tokens=8", "trainer.learning_rate=1e-9", "trainer.save_strategy=steps",
               "trainer.save_steps=2"]
     build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=2", *common]), models={"minilm": minilm}).train()
     # the checkpoint's adapter, made far from the base (two tiny GRPO steps may leave greedy outputs as they were)
