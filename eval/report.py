@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mmpc_rl.eval.metrics import METRICS, metrics_for
-from mmpc_rl.io import atomic_write_bytes, atomic_write_text
+from mmpc_rl.io import atomic_write_bytes
 from mmpc_rl.prompts import caption
 
 
@@ -166,7 +166,3 @@ def radar_png(results: dict[str, dict[str, dict]], path: str | os.PathLike) -> P
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def write_markdown(text: str, path: str | os.PathLike) -> Path:
-    return atomic_write_text(path, text)

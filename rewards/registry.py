@@ -121,7 +121,8 @@ def options_of(s: RewardSpec) -> list[str]:
 
 
 def validate_rewards(rewards: Mapping[str, Mapping], task: str) -> None:
-    """Names, tasks and options of the recipe's rewards: each fails at once with the valid choices."""
+    """Names, tasks and options of the recipe's rewards: each fails at once with the valid choices (weights are
+    numbers already: config.build_recipe checks them for every reward)."""
     if not rewards:
         raise ConfigError("the recipe names no reward; valid choices: " + ", ".join(sorted(REGISTRY)))
     for name, opts in rewards.items():
@@ -132,9 +133,6 @@ def validate_rewards(rewards: Mapping[str, Mapping], task: str) -> None:
         for key in opts:
             if key not in valid:
                 raise ConfigError(f"unknown key rewards.{name}.{key}" + did_you_mean(str(key), valid))
-        weight = opts.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-            raise ConfigError(f"rewards.{name}.weight must be a number, got {weight!r}")
 
 
 # ------------------------------------------------------------------------------------------------ building
