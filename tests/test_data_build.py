@@ -170,6 +170,37 @@ def test_split_select_kcore_by_hand():
     assert recsel.refilter([1, 2], seqs, {0, 1, 2, 3, 4, 5}) == [1, 3]  # 2 lost (50% > 10%): 3 ranks above 4
 
 
+def test_user_ties_follow_the_review_file(tmp_path):
+    """Users tied on sequence length keep the order of their first review (the authors' dict filled while reading,
+    then a stable sort), not the order of their hashes."""
+    names = [f"U{n}" for n in range(6)]
+    by_hash = sorted(names, key=recsel.user_hash)
+    first_seen = by_hash[::-1]  # the file meets them in the reverse of their hash order
+    rows = []
+    for n, user in enumerate(first_seen):
+        rows += [{"user_id": user, "parent_asin": f"I{n}_{k}", "rating": 5.0, "timestamp": 1000 + k}
+                 for k in range(5)]
+    rows = rows[::5] + [r for j, r in enumerate(rows) if j % 5]  # each user's first row up front, in that order
+    path = tmp_path / "All_Beauty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = {r["parent_asin"]: n for n, r in enumerate(sorted(rows, key=lambda r: r["parent_asin"]))}
+    seqs = recsel.user_sequences(*recsel.collect(path, index, Stats(), min_rating=4.0, progress=False))
+    assert list(seqs) == [recsel.user_hash(u) for u in first_seen]
+    assert recsel.select_users(seqs, target=3) == [recsel.user_hash(u) for u in first_seen[:3]]
+    ok = {i for seq in seqs.values() for i in seq}
+    lost = {seqs[recsel.user_hash(first_seen[0])][0]}  # the first user loses an item and drops below 5
+    spare = recsel.refilter([recsel.user_hash(u) for u in first_seen[:2]], seqs, ok - lost)
+    assert spare == [recsel.user_hash(first_seen[1]), recsel.user_hash(first_seen[2])]  # a tie at 5: file order
+
+
+def test_select_users_fills_to_the_target():
+    """The authors' third and fourth passes admit anyone while below 90 % and then below the target, so a first
+    pass that reaches 80 % still ends at the target."""
+    seqs = {u: [10 * u + k for k in range(5)] for u in range(4)}
+    seqs[9] = list(range(100, 125))  # brings 25 new items: not in the first pass, and the second is skipped
+    assert recsel.select_users(seqs, target=5) == [0, 1, 2, 3, 9]
+
+
 def test_determinism_and_disjointness(tmp_path):
     src = build_sample_catalog(tmp_path / "cat")
     kw = dict(source=src, categories=["Toys_and_Games"], cqbench_per_category=30, train_per_category=20,
