@@ -1,4 +1,5 @@
-"""RecBench user/item selection (the authors' procedure, or a literal k-core) and the per-user chronological split.
+"""RecBench user/item selection (the procedure of the authors' download_amazon_data_rec.py and process_all.py, or a
+literal k-core) and the per-user chronological split.
 
 Interactions of a whole category (tens of millions for Home & Kitchen) are held as three numpy columns with users as
 64-bit hashes, not as Python objects; user id strings are recovered only for the final, small set in a second pass.
@@ -121,7 +122,7 @@ def final_interactions(path: Path, whitelist: set[str], stats: Stats, *, users: 
                        ) -> list[tuple[str, str, float, int]]:
     """Every review of whitelisted items (of `users` if given), deduplicated, then k-cored.
 
-    dedup="triple": the authors' drop_duplicates on (user, item, timestamp); "pair": earliest per (user, item).
+    dedup="triple": process_all.py's drop_duplicates on (user, item, timestamp); "pair": earliest per (user, item).
     """
     rows = [r for r in iter_reviews(path, stats, progress=progress)
             if r[1] in whitelist and (users is None or user_hash(r[0]) in users)]
