@@ -128,6 +128,7 @@ def test_load_items_recbench_split(catalog):
     for cat in SAMPLE_CATEGORIES:
         rows = _lines(built / cat / "recbench" / "items.jsonl")
         assert [i["parent_asin"] for i in rec if i["category"] == cat] == [r["parent_asin"] for r in rows]
+        assert [r["parent_asin"] for r in rows] == sorted(r["parent_asin"] for r in rows)  # the authors' order
         assert [i["title"] for i in rec if i["category"] == cat] == [r["title"] for r in rows]
     assert {i["parent_asin"] for i in load_items(catalog, "cqbench")} <= {i["parent_asin"] for i in rec}
     two = load_items(catalog, "recbench", categories=["Video_Games"], limit_per_category=2)

@@ -63,7 +63,8 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     """Items `{parent_asin, title, text, image, category}` of one split, category by category.
 
     Splits: `train` (GRPO), `cqbench`, and `recbench`: every item of the category's RecBench dataset
-    (`<Category>/recbench/items.jsonl`, in itemID order), for generating the features RecBench replaces.
+    (`<Category>/recbench/items.jsonl`, in itemID order, which is sorted parent_asin order as the authors'
+    imagine_amazon_data_rec.py takes `sorted(images)[:max_items]`), for generating the features RecBench replaces.
     `path`: "sample" (the generated catalog, built into `cache_dir` first), a raw folder of `meta_*.jsonl[.gz]`
     (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
     `mmpc-rl data build`. The train and cqbench splits never share an item; with the default
