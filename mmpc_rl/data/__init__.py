@@ -14,7 +14,7 @@ from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import DataError
 from mmpc_rl.io import read_jsonl
 
-SPLITS = ("train", "cqbench")
+SPLITS = ("train", "cqbench", "recbench")  # recbench: the RecBench item set (`<Category>/recbench/items.jsonl`)
 __all__ = ["DEFAULT_SEED", "DEFAULT_TEXT_FIELD", "SPLITS", "build_cached", "default_cache_dir", "load_items",
            "read_built", "resolve_source"]
 
@@ -30,11 +30,15 @@ def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict
     cats = built if categories is None else resolve_categories(out, categories)
     items = []
     for cat in cats:
-        path = out / cat / f"{split}.jsonl"
+        path = out / cat / ("recbench/items.jsonl" if split == "recbench" else f"{split}.jsonl")
         if not path.is_file():
-            raise DataError(f"{out} holds no {cat} data; categories there: {', '.join(built)}")
-        for item in read_jsonl(path):  # image paths are stored relative to the dataset folder
-            items.append({**item, "image": resolve_image(out, item.get("image"))})
+            what = "RecBench items (its build had no review file?)" if split == "recbench" else "data"
+            raise DataError(f"{out} holds no {cat} {what}; categories there: {', '.join(built)}")
+        recs = list(read_jsonl(path))
+        if split == "recbench":  # the authors' order (`sorted(images)[:max_items]`), so limit= keeps their first ids
+            recs = sorted(recs, key=lambda r: r["parent_asin"])
+        for item in recs:  # image paths are stored relative to the dataset folder
+            items.append({**item, "category": cat, "image": resolve_image(out, item.get("image"))})
     return items
 
 
@@ -59,7 +63,8 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
 
     `path`: "sample" (the generated catalog, built into `cache_dir` first), a raw folder of `meta_*.jsonl[.gz]`
     (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
-    `mmpc-rl data build`. The train and cqbench splits never share an item.
+    `mmpc-rl data build`. The train and cqbench splits never share an item; `recbench` is every item of RecBench's
+    interaction data (real titles and images, so CQBench can score generations for them).
     """
 
     if split not in SPLITS:
