@@ -132,3 +132,22 @@ def test_paper_rec_is_the_authors_recbench_wording_for_every_family():
     assert "imagine_amazon_data_rec.py" in caption("paper-rec")
     # the tiny tokenizer's corpus stays what cached tiny models were built from
     assert all_prompt_texts() == [PAPER_I2T, PAPER_T2I, DETAILED_I2T, DETAILED_T2I]
+
+
+def test_cqbench_gives_a_gemma_model_the_authors_gemma_prompt(tmp_path, monkeypatch, one_thread):
+    """The Gemma id reaches the prompt: the tiny Qwen stands in for Gemma's weights, the wording follows the id."""
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.eval import cqbench, runner
+    from mmpc_rl.models import load_policy
+
+    monkeypatch.setattr(cqbench, "load_policy", lambda mc, **kw: load_policy(
+        ModelConfig(name_or_path="tiny://qwen2.5-vl", dtype="float32"), cpu=True))
+    seen = []
+    real = runner.generate_batch
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, task, items, **kw: seen.append(task.prompt) or real(
+        m, p, task, items, **kw))
+    rc = cqbench.main(["models=[google/gemma-3-4b-it]", "data=sample", "limit=1", "max_new_tokens=4",
+                       "progress=false", f"output_dir={tmp_path}"])
+    assert rc == 0 and set(seen) == {AUTHORS_GEMMA_I2T}
+    settings = json.loads((tmp_path / "items" / "gemma-3-4b-it" / "i2t.settings.json").read_text())
+    assert settings["prompt_text"] == AUTHORS_GEMMA_I2T
