@@ -24,11 +24,12 @@ LPIPS (it needs `lpips=` torchvision AlexNet weights).
 from __future__ import annotations
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.models import DEFAULT_CLIP
 from mmpc_rl.prompts import model_family
 
 PROFILES: dict[str, dict[str, object]] = {
     "paper": {"qlora": True, "dtype": "family", "prompt": "paper", "render_dtype": "float16",
-              "clip": "ViT-B-32/openai", "bertscore": "roberta-large"},
+              "clip": DEFAULT_CLIP, "bertscore": "roberta-large"},
 }
 # settings a profile holds for other commands: recorded in results.json, applied there
 RECBENCH: dict[str, dict[str, object]] = {"paper": {"select_by": "test"}}
