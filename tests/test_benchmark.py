@@ -1,5 +1,6 @@
-"""train/benchmark.py and train/speed.py: both arms end to end on the tiny shape (CPU), forced completion length,
-arm settings, the real shape's size, the results file, resume, and option errors."""
+"""The measurement harness. `mmpc-rl benchmark` (mmpc_rl/bench/cli.py, grpo_arms.py): both arms end to end on the
+tiny shape (CPU), forced completion length, arm settings, the real shape's size, the results file, resume, and option
+errors. `mmpc-rl eval speed` (cqbench_speed.py): both batch modes and its routing."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 
 import pytest
 
+from mmpc_rl.bench import cli as benchmark
+from mmpc_rl.bench import grpo_arms as bench
+from mmpc_rl.bench.grpo_options import parse_bench_options
 from mmpc_rl.errors import ConfigError
-from mmpc_rl.train import benchmark
-from mmpc_rl.train import speed as bench
-from mmpc_rl.train.bench_options import parse_bench_options
 
 G, T = 2, 4
 TINY = ["recipe=i2t", "shape=tiny", "steps=2", "warmup=1", f"new_tokens={T}", f"num_generations={G}",
@@ -80,6 +81,29 @@ def test_rerun_with_the_same_options_resumes_without_training(run, monkeypatch, 
     assert benchmark.main([*TINY, f"out={out}"]) == 0
     assert "already measured" in capsys.readouterr().out
     assert json.loads((out / "benchmark.json").read_text())["arms"] == res["arms"]
+
+
+def test_cqbench_speed_reports_both_modes(tmp_path, capsys, one_thread):
+    from mmpc_rl.bench import cqbench_speed as speed
+
+    out = tmp_path / "speed.json"
+    argv = ["items=4", "batch_sizes=[1,4]", "max_new_tokens=3", "dtype=float32", f"output={out}"]
+    assert speed.main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
+    assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
+    assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
+    with pytest.raises(ConfigError, match="unknown option 'itmes' \\(did you mean 'items'\\?\\)"):
+        speed.main(["itmes=4"])
+
+
+def test_eval_speed_is_routed_to_the_harness(capsys):
+    from mmpc_rl.cli import main
+
+    assert main(["eval", "speed", "itmes=4"]) == 2  # parsed by mmpc_rl.bench.cqbench_speed, nothing loaded
+    assert "unknown option 'itmes'" in capsys.readouterr().err
+    assert main(["eval", "sped"]) == 2
+    assert "did you mean 'speed'" in capsys.readouterr().err
 
 
 def test_real_shape_is_qwen25_vl_7b():

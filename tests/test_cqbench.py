@@ -269,20 +269,6 @@ def test_t2i_run_with_tiny_sd3_and_tiny_clip(tmp_path):
     assert "| tiny-qwen2.5-vl | " in (tmp_path / "tables.md").read_text()
 
 
-def test_speed_harness_reports_both_modes(tmp_path, capsys):
-    from mmpc_rl.eval import speed
-
-    out = tmp_path / "speed.json"
-    argv = ["items=4", "batch_sizes=[1,4]", "max_new_tokens=3", "dtype=float32", f"output={out}"]
-    assert speed.main(argv) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
-    assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
-    assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
-    with pytest.raises(ConfigError, match="unknown option 'itmes' \\(did you mean 'items'\\?\\)"):
-        speed.main(["itmes=4"])
-
-
 def test_unreadable_image_is_a_one_line_data_error(tmp_path):
     from mmpc_rl.errors import DataError
     from mmpc_rl.eval.generate import length_sorted_batches

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
+from mmpc_rl.bench.plan_anchors import LORA_REGEX, MEASURED_GIB, QWEN7B, anchor_inputs
 from mmpc_rl.plan import activations as act
 from mmpc_rl.plan import choose_layout, image_tokens, model_shape, plan
-from mmpc_rl.plan.anchors import LORA_REGEX, MEASURED_GIB, QWEN7B, anchor_inputs
 from mmpc_rl.plan.memory import candidate_layouts
 from mmpc_rl.plan.shapes import lora_input_dims, lora_params
 

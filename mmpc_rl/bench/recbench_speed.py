@@ -1,6 +1,6 @@
 """Seconds per training epoch and per full (valid) evaluation for each recommender on a generated category.
 
-    python -m mmpc_rl.recbench.speed [users=25500 items=3500 interactions=190000 epochs=2 device=auto out=FILE]
+    python -m mmpc_rl.bench.recbench_speed [users=25500 items=3500 interactions=190000 epochs=2 device=auto out=FILE]
 
 Defaults are the size of Video Games. The grid estimate assumes MMRec's early stopping ends a run after `est_epochs`
 epochs (a run always takes at least 21).
@@ -95,7 +95,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str]) -> int:
-    opts = asdict(parse_options(SpeedOptions, argv, "python -m mmpc_rl.recbench.speed"))
+    opts = asdict(parse_options(SpeedOptions, argv, "python -m mmpc_rl.bench.recbench_speed"))
     report = measure(opts)
     print(json.dumps(report, indent=2))
     if opts["out"]:

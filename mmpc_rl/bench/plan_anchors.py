@@ -1,6 +1,6 @@
 """The two H100 anchors the planner is held to, with the settings they were measured under.
 
-`python -m mmpc_rl.plan.anchors` prints planned vs measured peak for each.
+`python -m mmpc_rl.bench.plan_anchors` prints planned vs measured peak for each.
 """
 
 from __future__ import annotations
