@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmpc_rl.config import ModelConfig, parse_options
+from mmpc_rl.config import ModelConfig
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
 from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
@@ -25,6 +25,7 @@ from mmpc_rl.eval.runner import evaluate
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import load_policy
+from mmpc_rl.options import parse_options
 from mmpc_rl.plan.placement import plan_placement
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.render import DEFAULT_SD, Renderer

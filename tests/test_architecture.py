@@ -100,7 +100,15 @@ def test_one_option_parser():
     defs = [f"{p.relative_to(ROOT)}:{n.name}" for p in modules().values()
             for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef)
             and n.name in ("parse_options", "parse_overrides")]
-    assert defs == ["mmpc_rl/config.py:parse_options"]
+    assert defs == ["mmpc_rl/options.py:parse_options"]
+
+
+def test_the_recipe_schema_builds_no_trl_or_peft_object():
+    """config.py is the schema and its composition; TRL/PEFT objects are built in train/ (trl_config.py)."""
+    tree = ast.parse((ROOT / "mmpc_rl" / "config.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported & {"trl", "peft", "torch", "transformers"} == set()
 
 
 # Internal imports inside functions hide who depends on whom; these are the deliberate ones, each for a stated reason.

@@ -132,6 +132,7 @@ def test_real_shape_is_qwen25_vl_7b():
     (["arms=[project,fast]"], "unknown arm 'fast'"),
     (["steps=0"], "steps and new_tokens must be >= 1"),
     (["trainer.bogus=1"], "unknown key trainer.bogus"),
+    (["trainr.beta=0"], "unknown key recipe.trainr (did you mean 'trainer'?)"),  # checked by the recipe
     (["recipe=demo-i2t", "shape=real"], "shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU"),
     (["compile=true"], "unknown option 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
 ])
@@ -167,9 +168,9 @@ def test_the_project_arm_takes_speed_settings_from_the_recipe():
 def test_project_arm_resolves_what_a_training_run_resolves(run):
     """The project arm is built by build_trainer: every setting that decides speed or the objective equals what a
     training run of the same recipe (with the benchmark's G and T) resolves."""
-    from mmpc_rl.config import build_grpo_config
     from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.recipe import load_training_recipe
+    from mmpc_rl.train.trl_config import build_grpo_config
 
     _, _, res = run
     recipe = load_training_recipe(["recipe=i2t", f"trainer.num_generations={G}", f"trainer.max_completion_length={T}"])

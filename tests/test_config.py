@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mmpc_rl.config import build_grpo_config as _build_grpo_config
-from mmpc_rl.config import build_lora_config, list_recipes, save_config
+from mmpc_rl.config import list_recipes
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.train.builder import resolve_layout
 from mmpc_rl.train.recipe import load_training_recipe as load_recipe
+from mmpc_rl.train.run_config import save_config
+from mmpc_rl.train.trl_config import build_grpo_config as _build_grpo_config
+from mmpc_rl.train.trl_config import build_lora_config
 
 
 def build_grpo_config(recipe):

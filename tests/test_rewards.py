@@ -86,9 +86,9 @@ def test_the_readme_example_reward_works_as_written():
     import re
     from pathlib import Path
 
-    from mmpc_rl.config import build_grpo_config
     from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.recipe import load_training_recipe as load_recipe
+    from mmpc_rl.train.trl_config import build_grpo_config
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(# rewards/title_length.py\n.*?)```", readme, re.S).group(1)

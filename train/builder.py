@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset, Image
 from trl import GRPOTrainer
 
-from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, save_config
+from mmpc_rl.config import Recipe
 from mmpc_rl.data import load_items
 from mmpc_rl.data.skips import drop_undecodable_images
 from mmpc_rl.errors import ConfigError, DataError
@@ -31,6 +31,8 @@ from mmpc_rl.train.callbacks import (
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
+from mmpc_rl.train.run_config import save_config
+from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:

@@ -33,10 +33,11 @@ import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
-from mmpc_rl.config import Recipe, scrub, scrub_argv
+from mmpc_rl.config import Recipe
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
 from mmpc_rl.train.curves import plot_curves
+from mmpc_rl.train.run_config import scrub, scrub_argv
 
 RUN_ID_FILE = "wandb_run_id.txt"
 TABLE_KEY = "completions_table"

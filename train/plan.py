@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.options import parse_options
 from mmpc_rl.plan import plan_recipe
 from mmpc_rl.train.recipe import load_training_recipe
 

@@ -14,12 +14,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from mmpc_rl.config import ModelConfig, parse_options
+from mmpc_rl.config import ModelConfig
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.eval.generate import generate_batch, length_sorted_batches
 from mmpc_rl.io import atomic_write_json
 from mmpc_rl.models import build_qwen25_vl_7b, load_policy, load_processor, resolve_device, resolve_dtype
+from mmpc_rl.options import parse_options
 from mmpc_rl.tasks import get_task
 
 

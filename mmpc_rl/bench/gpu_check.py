@@ -28,11 +28,12 @@ from mmpc_rl.bench import grpo_arms as bench
 from mmpc_rl.bench.cqbench_speed import SpeedConfig, load, measure
 from mmpc_rl.bench.grpo_options import BenchOptions, ratios
 from mmpc_rl.clip import ClipEmbedder
-from mmpc_rl.config import load_recipe, parse_options
+from mmpc_rl.config import load_recipe
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import bnb_config, load_sd3_pipeline, torch_dtype
+from mmpc_rl.options import parse_options
 from mmpc_rl.render import Renderer
 from mmpc_rl.rewards.sd35_clip import SD35ClipReward
 from mmpc_rl.tasks import get_task

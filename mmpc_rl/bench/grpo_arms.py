@@ -13,12 +13,13 @@ import statistics
 import time
 
 from mmpc_rl.bench.grpo_options import ALGORITHM_KEYS, BenchOptions
-from mmpc_rl.config import Recipe, build_lora_config
+from mmpc_rl.config import Recipe
 from mmpc_rl.models import build_qwen25_vl_7b
 from mmpc_rl.rewards import Reward, RewardSet
 from mmpc_rl.tiny.qwen import build_model as tiny_model
 from mmpc_rl.tiny.qwen import build_processor as tiny_processor
 from mmpc_rl.train.builder import build_trainer, task_rows
+from mmpc_rl.train.trl_config import build_lora_config
 
 
 # ------------------------------------------------------------------------------------------------ model and data

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.options import parse_options
 
 ARMS = ("project", "plain")
 SHAPES = ("real", "tiny")

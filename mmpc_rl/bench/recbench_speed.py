@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import run_cli
 from mmpc_rl.io import atomic_write_json
+from mmpc_rl.options import parse_options
 from mmpc_rl.recbench.data import load_category
 from mmpc_rl.recbench.models import MODELS
 from mmpc_rl.recbench.synthetic import make_category, random_features

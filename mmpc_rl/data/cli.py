@@ -6,10 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.data.build import DEFAULTS, build
 from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.options import parse_options
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
          "       mmpc-rl data build source=DIR|hub out=DIR [categories=[...]] [cqbench_per_category=1000] ...")
