@@ -6,8 +6,9 @@ choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRP
 read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by
 the reward package (`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
 
-`key=value` arguments are parsed by mmpc_rl.options; the TRL and PEFT objects are built from a Recipe by
-mmpc_rl.train.trl_config.
+The typed sections' defaults are the dataclasses below; `base.yaml` holds only what has no dataclass (task, lora,
+trainer, rewards). `key=value` arguments are parsed by mmpc_rl.options; the TRL and PEFT objects are built from a
+Recipe by mmpc_rl.train.trl_config.
 """
 
 from __future__ import annotations
@@ -27,52 +28,72 @@ from mmpc_rl.checks import check_lora, check_trainer, grpo_fields, lora_fields
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.options import split_pairs, typed_tree
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
+from mmpc_rl.tasks import TASKS
 
-TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 
 
+# Three groups of fields are shared by a training recipe and `mmpc-rl eval cqbench` (eval/cqbench.py's CQBenchConfig
+# inherits all three), so a CQBench run and the in-training callback read the same fields with the same defaults.
 @dataclass(frozen=True)
-class ModelConfig:
-    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+class ModelLoading:
+    """How a policy's weights are loaded."""
+
     dtype: str = "bfloat16"
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
     qlora: bool = False  # 4-bit NF4 + double quantisation, bf16 compute (the paper's setup)
-    trust_remote_code: bool = False
-    revision: str | None = None
     min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
     max_pixels: int | None = None
-    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
-    compiled_decoding: bool = False
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    path: str = "sample"  # "sample" (bundled catalog), a raw Amazon-2023 folder, or a `mmpc-rl data build` output
+class ItemSelection:
+    """Which catalog items are read, and the prompt they are asked with."""
+
     categories: list[str] | None = None  # None: every category found
-    split: str = "train"  # which item set GRPO trains on (train / cqbench)
-    limit_per_category: int | None = None
     seed: int = 42
-    text_field: str = "title"
     prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class CQBenchScoring:
+    """What a CQBench pass generates on and scores with."""
+
+    split: str = "cqbench"
+    batch_size: int = 16
+    max_new_tokens: int | None = 128
+    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
+    bertscore_layers: int | None = None
+    lpips: str | None = None  # t2i: torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
+    clip: str | None = None  # t2i: CLIP ViT-B/32 (hub id, local folder or tiny://clip); None: no CLIP similarity
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelLoading):
+    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
+    compiled_decoding: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig(ItemSelection):
+    path: str = "data/mmpcbench"  # a `mmpc-rl data build` output, "sample" (bundled catalog) or a raw Amazon-2023 dir
+    split: str = "train"  # which item set GRPO trains on (train / cqbench)
+    limit_per_category: int | None = None
+    text_field: str = "title"
+
+
+@dataclass(frozen=True)
+class EvalConfig(CQBenchScoring):
     enabled: bool = False  # CQBench before and after training (the callback)
     every_n_steps: int | None = None
     items_per_category: int = 20
-    categories: list[str] | None = None
-    split: str = "cqbench"
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
-    bertscore_layers: int | None = None
-    lpips: str | None = None  # LPIPS backbone weights (t2i)
-    clip: str | None = None  # CLIP ViT-B/32 weights (t2i)
+    categories: list[str] | None = None  # None: data.categories
 
 
 @dataclass(frozen=True)

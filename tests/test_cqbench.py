@@ -90,6 +90,26 @@ def test_config_errors_name_the_key():
         cqbench.parse_config(["resize=crop"])
 
 
+def test_options_are_the_recipe_sections_fields(monkeypatch):
+    """The fields CQBench shares with a training recipe keep the sections' defaults, and every loading field reaches
+    the model as a recipe's `model` section would give it."""
+    import dataclasses
+
+    from mmpc_rl.config import DataConfig, EvalConfig, ItemSelection, ModelConfig, ModelLoading
+
+    cfg = cqbench.parse_config([])
+    shared = {f.name for base in (ModelLoading, ItemSelection) for f in dataclasses.fields(base)}
+    assert {k: getattr(cfg, k) for k in shared} == {k: getattr(ModelConfig(), k, getattr(DataConfig(), k, None))
+                                                    for k in shared}
+    assert (cfg.data, cfg.models, cfg.split, cfg.bertscore) == (DataConfig().path, [ModelConfig().name_or_path],
+                                                              EvalConfig().split, EvalConfig().bertscore)
+    assert cfg.max_new_tokens is None and cfg.limit is None  # a stand-alone run: the task's budget, every item
+    seen = {}
+    monkeypatch.setattr(cqbench, "load_policy", lambda mc, **kw: seen.setdefault("mc", mc))
+    cqbench.load_model(cqbench.parse_config(["dtype=float32", "min_pixels=3136", "attn_implementation=eager"]), TINY)
+    assert seen["mc"] == ModelConfig(name_or_path=TINY, dtype="float32", min_pixels=3136, attn_implementation="eager")
+
+
 def test_cli_dispatch_reaches_cqbench(capsys):
     from mmpc_rl.cli import main
 
