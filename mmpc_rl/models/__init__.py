@@ -22,7 +22,7 @@ from mmpc_rl.models.cache import cache_key, cached, cached_keys, clear_cache
 from mmpc_rl.models.hub import MINILM_IDS, hub_reachable, resolve_model_path, resolve_sentence_model, source_key
 from mmpc_rl.models.placement import placement, policy_dtype, resolve_device, resolve_dtype, torch_dtype
 from mmpc_rl.models.policy import bnb_config, load_policy, load_processor, model_init_kwargs
-from mmpc_rl.models.shapes import build_qwen25_vl_7b, qwen25_vl_7b_config
+from mmpc_rl.models.qwen25_vl import build_qwen25_vl_7b, qwen25_vl_7b_config
 from mmpc_rl.models.text import KNOWN_BERTSCORE_LAYERS
 from mmpc_rl.models.vision import build_lpips_net, load_open_clip
 
