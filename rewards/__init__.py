@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import mmpc_rl.tiny  # noqa: F401 - registers tiny:// with mmpc_rl.models: reward options may name tiny models
 from mmpc_rl.rewards.registry import (
     REGISTRY,
     Reward,

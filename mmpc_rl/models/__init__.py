@@ -1,7 +1,7 @@
 """The one loading face for every model kind: `from mmpc_rl.models import load_...`.
 
 - names: a hub id (local HF cache first, the network only when the hub answers), a local folder or file, or
-  `tiny://NAME` (built in-process) -- hub.py;
+  `scheme://NAME` (`tiny://NAME` once mmpc_rl.tiny registers it) -- hub.py;
 - placement: what `device=None` / `dtype=None` mean for each kind -- placement.py;
 - one per-process cache keyed on (kind, resolved source, device, dtype, options) -- cache.py; every loader below
   but the policy's goes through it, so the reward and CQBench share one SD3.5 and one CLIP;
