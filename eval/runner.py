@@ -145,7 +145,7 @@ def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: S
         rows, paths = score_batch(task, batch, [a for a, _ in parsed], scorers, image_dir=image_dir, seed=seed)
         for it, completion, (answer, status), row, path in zip(batch, completions, parsed, rows, paths, strict=True):
             rec = {"key": item_key(it), "parent_asin": it["parent_asin"], "category": it["category"],
-                   "reference": it["title"] if task.uses_image_input else str(it["image"]),
+                   "reference": str(task.reference(it)),
                    "completion": completion, "answer": answer, "status": status, "metrics": row}
             if path:
                 rec["image"] = path

@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("mmpc_rl.data.cli", "main", "data: mmpc-rl data build source=DIR out=DIR | mmpc-rl data sample out=DIR"),
     "recbench": ("mmpc_rl.recbench.cli", "main", "RecBench: VBPR, BM3, FREEDOM on ground-truth vs generated features"),
     "benchmark": ("mmpc_rl.bench.cli", "main", "GRPO speed harness: project arm vs plain TRL"),
-    "plan": ("mmpc_rl.train.plan", "main", "predicted GPU memory: mmpc-rl plan recipe=i2t [gpu_gb=80] [format=json]"),
+    "plan": ("mmpc_rl.train.plan_cli", "main",
+             "predicted GPU memory: mmpc-rl plan recipe=i2t [gpu_gb=80] [format=json]"),
     "curves": ("mmpc_rl.train.curves", "main", "redraw a run's reward_curves.png: mmpc-rl curves out=OUTPUT_DIR"),
 }
 # A subcommand whose code is not its command's package: `mmpc-rl eval speed` is a measurement (mmpc_rl.bench sits above

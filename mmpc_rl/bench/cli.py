@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if opts.shape == "real" and device == "cpu":
         raise ConfigError("shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU; on CPU use shape=tiny")
-    group = int(opts.num_generations or recipe.trainer.get("num_generations") or 8)
+    group = int(opts.num_generations or recipe.trainer["num_generations"])
     dtype = torch_dtype(recipe.model.dtype if device == "cuda" and recipe.model.dtype != "auto" else "float32")
     options = {**dataclasses.asdict(opts), "overrides": overrides}
     path = Path(opts.out) / "benchmark.json"
