@@ -11,6 +11,7 @@ tables.md (and lora_vs_base.md with adapter=), radar.png. Options: see CQBenchCo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import sys
@@ -21,7 +22,7 @@ from mmpc_rl.config import CQBenchScoring, DataConfig, ItemSelection, ModelConfi
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
 from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
-from mmpc_rl.eval.runner import evaluate
+from mmpc_rl.eval.runner import adapter_off, evaluate
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import load_policy
@@ -106,7 +107,6 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
 def load_model(cfg: CQBenchConfig, name: str):
     """The model where `mmpc_rl.plan.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
     process), or 4-bit; else on the CPU."""
-
     plan = eval_placement(cfg, name)
     loading = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelLoading)}
     mc = ModelConfig(**{**loading, "qlora": plan.qlora}, name_or_path=name)
@@ -125,7 +125,6 @@ def eval_placement(cfg: CQBenchConfig, name: str):
 
 def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
-
     out = Path(cfg.output_dir)
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
                        seed=cfg.seed, cache_dir=cfg.cache_dir)
@@ -144,7 +143,7 @@ def run(cfg: CQBenchConfig) -> dict:
         for task_name in cfg.tasks:
             task = get_task(task_name, cfg.prompt)
             for arm_key, arm in arms:
-                ctx = model.disable_adapter() if arm == "base" else _nullcontext()
+                ctx = adapter_off(model) if arm == "base" else contextlib.nullcontext()
                 with ctx:
                     res = evaluate(model, processor, task, items, results_path=out / "items" / arm_key /
                                    f"{task_name}.jsonl", scorers=scorers, batch_size=cfg.batch_size,
@@ -168,18 +167,9 @@ def run(cfg: CQBenchConfig) -> dict:
 def _attach_adapter(model, adapter: str):
     from peft import PeftModel
 
-
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter={adapter!r} is not a LoRA folder (no adapter_config.json there)")
     return PeftModel.from_pretrained(model, adapter, is_trainable=False)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ launch` / torchrun each process takes every world_size-th item into its own shar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Callable
@@ -155,3 +156,10 @@ def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: S
 
 def _files(results_path: Path) -> list[Path]:
     return [results_path, *sorted(results_path.parent.glob(f"{results_path.stem}.rank*.jsonl"))]
+
+
+def adapter_off(model):
+    """The adapter switched off (a PEFT model), else nothing to switch: LoRA's B starts at zero, so with the
+    adapter off the model is exactly the base it started from."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) else contextlib.nullcontext()

@@ -42,14 +42,13 @@ def typed_tree(pairs: list[tuple[str, str]]) -> dict:
     return tree
 
 
-def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = False, noun: str = "key"):
+def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = False):
     """`key=value` arguments as the `schema` dataclass, typed by OmegaConf: an unknown key names the valid ones, a
     value of the wrong type is one line. Dotted keys (`grid.VBPR.reg_weight=[0.1]`) reach mappings.
 
     With `recipe_keys`, the pairs that are not the schema's own (`section.key=value`, and `recipe=`/`task=` when the
     schema has no field of that name) are returned apart, as overrides for `load_recipe`, which checks them against
-    the recipe: `(options, overrides)`. `noun` names an argument in errors: "key" for commands configured like a
-    recipe, "option" for the measurement and data tools."""
+    the recipe: `(options, overrides)`."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     valid = list(fields)
     given, overrides = [], []
@@ -65,7 +64,7 @@ def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = 
             raise ConfigError(f"{command} takes no recipe=; pass its options as key=value")
         else:
             hint = "; recipe keys go as section.key=value (e.g. trainer.beta=0.0)" if recipe_keys else ""
-            raise ConfigError(f"unknown {noun} {top!r}" + did_you_mean(top, valid) + hint)
+            raise ConfigError(f"unknown key {top!r}" + did_you_mean(top, valid) + hint)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), typed_tree(given))
         opts = schema(**OmegaConf.to_container(merged, resolve=True))

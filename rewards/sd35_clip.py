@@ -31,9 +31,10 @@ from mmpc_rl.clip import DEFAULT_CLIP, ClipEmbedder
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.io import atomic_write_bytes
 from mmpc_rl.plan import ModelMemory
-from mmpc_rl.render import DEFAULT_SD, Renderer
+from mmpc_rl.render import DEFAULT_SD, Renderer, to_pil
 from mmpc_rl.rewards.registry import Reward, register
 from mmpc_rl.tasks import completion_text
+from mmpc_rl.tracking import active_wandb
 
 # Parameter counts on the meta device from the published configs (diffusers 0.42 / transformers 5.2x):
 # SD3.5-large MMDiT 8,056,627,520 + VAE 83,819,683 + T5-XXL encoder 4,762,310,656 + CLIP-L 123,650,304 + CLIP-G
@@ -174,24 +175,10 @@ class SD35ClipReward:
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=90)
             atomic_write_bytes(Path(self.output_dir) / "renders" / f"step_{step:06d}.jpg", buf.getvalue())
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"sd35_clip/renders": wandb.Image(image, caption=caption)}, commit=False)
-        except ImportError:
-            pass
+        wandb = active_wandb()
+        if wandb is not None:
+            wandb.log({"sd35_clip/renders": wandb.Image(image, caption=caption)}, commit=False)
         return image
-
-
-def _to_pil(image: Any, tile: int) -> Any:
-    from PIL import Image
-
-    if isinstance(image, torch.Tensor):
-        image = Image.fromarray((image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
-    elif isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
-    return image.convert("RGB").resize((tile, tile))
 
 
 def make_panel(last: dict, references: list, tile: int = 256) -> tuple[Any, str] | None:
@@ -210,11 +197,11 @@ def make_panel(last: dict, references: list, tile: int = 256) -> tuple[Any, str]
     best, worst = max(group, key=lambda i: rewards[i]), min(group, key=lambda i: rewards[i])
     width = 1 + max(len(last["job_of"][best]), len(last["job_of"][worst]))
     panel = Image.new("RGB", (width * tile, 2 * tile), "white")
-    real = _to_pil(references[group[0]], tile)
+    real = to_pil(references[group[0]]).resize((tile, tile))
     for row, i in enumerate((best, worst)):
         panel.paste(real, (0, row * tile))
         for col, j in enumerate(last["job_of"][i], start=1):
-            panel.paste(_to_pil(last["renders"][j], tile), (col * tile, row * tile))
+            panel.paste(to_pil(last["renders"][j]).resize((tile, tile)), (col * tile, row * tile))
     caption = (f"best {rewards[best]:.3f}: {last['texts'][best]!r} | worst {rewards[worst]:.3f}: "
                f"{last['texts'][worst]!r}")
     return panel, caption

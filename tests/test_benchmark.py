@@ -93,7 +93,7 @@ def test_cqbench_speed_reports_both_modes(tmp_path, capsys, one_thread):
     assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
     assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
     assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
-    with pytest.raises(ConfigError, match="unknown option 'itmes' \\(did you mean 'items'\\?\\)"):
+    with pytest.raises(ConfigError, match="unknown key 'itmes' \\(did you mean 'items'\\?\\)"):
         speed.main(["itmes=4"])
 
 
@@ -101,7 +101,7 @@ def test_eval_speed_is_routed_to_the_harness(capsys):
     from mmpc_rl.cli import main
 
     assert main(["eval", "speed", "itmes=4"]) == 2  # parsed by mmpc_rl.bench.cqbench_speed, nothing loaded
-    assert "unknown option 'itmes'" in capsys.readouterr().err
+    assert "unknown key 'itmes'" in capsys.readouterr().err
     assert main(["eval", "sped"]) == 2
     assert "did you mean 'speed'" in capsys.readouterr().err
 
@@ -127,14 +127,14 @@ def test_real_shape_is_qwen25_vl_7b():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["stepz=3"], "unknown option 'stepz' (did you mean 'steps'?)"),
+    (["stepz=3"], "unknown key 'stepz' (did you mean 'steps'?)"),
     (["shape=huge"], "shape='huge'; valid choices: real, tiny"),
     (["arms=[project,fast]"], "unknown arm 'fast'"),
     (["steps=0"], "steps and new_tokens must be >= 1"),
     (["trainer.bogus=1"], "unknown key trainer.bogus"),
     (["trainr.beta=0"], "unknown key recipe.trainr (did you mean 'trainer'?)"),  # checked by the recipe
     (["recipe=demo-i2t", "shape=real"], "shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU"),
-    (["compile=true"], "unknown option 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
+    (["compile=true"], "unknown key 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
 ])
 def test_option_errors_are_one_line_config_errors(argv, needle):
     with pytest.raises(ConfigError) as e:

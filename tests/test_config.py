@@ -147,7 +147,7 @@ def test_lora_targets_only_the_language_model_of_qwen_and_gemma(tiny_qwen):
 
 
 def test_inherit_paths_resolve_against_the_recipe_folder_and_base_is_a_parent(tmp_path, monkeypatch):
-    # issue 13 item 15: run from anywhere; `inherit: ../x.yaml` is the recipe file's neighbour, not the cwd's
+    # run from anywhere; `inherit: ../x.yaml` is the recipe file's neighbour, not the cwd's
     (tmp_path / "shared").mkdir()
     (tmp_path / "mine").mkdir()
     (tmp_path / "shared" / "base-ish.yaml").write_text("inherit: i2t\ntrainer:\n  learning_rate: 0.0007\n")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.eval import cqbench, runner
@@ -358,3 +360,30 @@ def test_two_processes_split_the_items_and_rank0_merges_them_all(tmp_path):
     assert len(one) == 6 and ddp == one  # every item once, greedy answers identical to one process
     shards = sorted(p.name for p in (tmp_path / "ddp" / "items" / "tiny-qwen2.5-vl").glob("i2t.rank*.jsonl"))
     assert shards == ["i2t.rank0.jsonl", "i2t.rank1.jsonl"]
+
+
+def test_cqbench_t2i_images_stay_in_image_dir(tmp_path):
+    from mmpc_rl.eval.runner import Scorers, score_batch
+    from mmpc_rl.tasks import get_task
+
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(ref)
+    items = [{"parent_asin": a, "category": c, "title": "t", "image": str(ref)}
+             for a, c in (("../../escape", "All_Beauty"), ("/abs/path/x", "../../cat"), ("ok", "/etc"))]
+    scorers = Scorers(renderer=lambda prompts, seeds: [Image.new("RGB", (32, 32)) for _ in prompts])
+    img_dir = tmp_path / "run" / "images"
+    _, paths = score_batch(get_task("t2i"), items, ["a", "b", "c"], scorers, image_dir=img_dir, seed=0)
+    assert len(set(paths)) == 3
+    for p in paths:
+        assert Path(p).resolve().is_relative_to(img_dir.resolve()) and Path(p).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.png", "run"]  # nothing created outside
+
+
+def test_cqbench_model_folder_names_stay_one_component():
+    from mmpc_rl.eval.cqbench import model_key
+
+    for name in ("tiny://../../x", "..", "/", "org/..", "tiny:///abs", "Qwen/Qwen2.5-VL-7B-Instruct"):
+        key = model_key(name)
+        assert key not in ("", ".", "..") and "/" not in key, name
+    assert model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
+    assert model_key("tiny://qwen") == "tiny-qwen"

@@ -41,7 +41,7 @@ def render_text(result, recipe_name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True, noun="option")
+    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True)
     if opts.format not in ("text", "json"):
         raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
     if opts.gpu_gb <= 0:

@@ -52,7 +52,6 @@ def load(cfg: SpeedConfig):
 def measure(model, processor, items: list[dict], batch_size: int, max_new_tokens: int) -> dict:
     import torch
 
-
     task = get_task("i2t")
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # every item generates the full budget
@@ -77,8 +76,7 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-
-    cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed", noun="option")
+    cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed")
     pool = load_items(cfg.data, split="cqbench")
     if not pool:
         raise ConfigError(f"no items in {cfg.data}")

@@ -230,7 +230,6 @@ def table(results: dict) -> str:
 def main(argv: list[str]) -> int:
     import torch
 
-
     opts = parse(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not opts.dry:

@@ -27,7 +27,6 @@ def build_processor(shape: str):
     """The tiny in-process tokenizer; for shape=real, the image processor at the real model's pixel bounds."""
     from transformers import Qwen2VLImageProcessor
 
-
     processor = tiny_processor()
     if shape == "real":
         processor.image_processor = Qwen2VLImageProcessor()  # Qwen2.5-VL ships the defaults (3136..12845056 px)
@@ -37,7 +36,6 @@ def build_processor(shape: str):
 
 def build_model(shape: str, processor, *, device: str, dtype, seed: int = 0):
     """A random-weight policy in the requested shape, SDPA attention, on `device` in `dtype`."""
-
     if shape == "tiny":
 
         return tiny_model(len(processor.tokenizer), seed=seed).to(device=device, dtype=dtype)
@@ -49,7 +47,6 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
     import numpy as np
     from datasets import Dataset, Image
     from PIL import Image as PILImage
-
 
     rng = np.random.default_rng(seed)
     titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]

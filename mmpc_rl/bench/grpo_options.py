@@ -32,8 +32,7 @@ class BenchOptions:
 
 def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
-    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True,
-                                      noun="option")
+    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True)
     opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
     for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub"))]:
         if value not in valid:

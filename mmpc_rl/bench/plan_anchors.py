@@ -10,7 +10,8 @@ from mmpc_rl.plan.shapes import image_tokens, model_shape
 
 QWEN7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-# ../shared/tools/gpu_anchor.py on one H100 80GB, torch.cuda.max_memory_allocated() / 2**30
+# measured on one H100 80GB by a plain-TRL script (gpu_anchor.py, kept with the project's shared tools, not in this
+# repository; its settings are in anchor_inputs below): torch.cuda.max_memory_allocated() / 2**30
 MEASURED_GIB = {"bf16": 22.9, "qlora": 11.5}
 
 

@@ -22,7 +22,7 @@ def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...]
     schema = dataclasses.make_dataclass("Options", [
         (k, typed.get(type(v), Any) | None if v is None or type(v) not in typed else typed[type(v)],
          dataclasses.field(default=v)) for k, v in valid.items()])
-    opts = dataclasses.asdict(parse_options(schema, argv, command, noun="option"))
+    opts = dataclasses.asdict(parse_options(schema, argv, command))
     for key in required:
         if opts.get(key) in (None, ""):
             raise ConfigError(f"{key}= is required\n{USAGE}")
