@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return gpu_check.main(argv)
     opts, overrides = parse_bench_options(argv)
-    recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # fails here, before the heavy imports
+    recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # a bad recipe fails before a model loads
     if recipe.task != "i2t":
         raise ConfigError(f"the benchmark runs image->text recipes; recipe {opts.recipe!r} is task {recipe.task!r}")
 
