@@ -25,7 +25,6 @@ def default_cache_dir() -> Path:
 
 def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:
     """Items of one split from a `mmpc-rl data build` output folder."""
-
     built = sorted(json.loads((out / "summary.json").read_text())["categories"])
     cats = built if categories is None else resolve_categories(out, categories)
     items = []
@@ -61,7 +60,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
     `mmpc-rl data build`. The train and cqbench splits never share an item.
     """
-
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -88,7 +86,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
 
 def build_cached(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
     """Build a raw folder once per (source, categories, seed, text field); later calls reuse the output."""
-
     key = json.dumps([str(source), cats, seed, text_field])
     out = cache / "built" / hashlib.sha1(key.encode()).hexdigest()[:16]
     done = out / "summary.json"

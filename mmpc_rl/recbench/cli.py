@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmpc_rl.config import parse_options
+from mmpc_rl.options import parse_options
 from mmpc_rl.recbench.bench import RecBenchConfig, run
 
 USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbench_results.jsonl,...]] "
