@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-12 GPU check on one H100/H200 with the project installed: random weights at the real shapes, nothing
+# The GPU check on one H100/H200 with the project installed: random weights at the real shapes, nothing
 # downloaded, one JSON + one markdown table in OUT. Extra key=value arguments pass through (e.g. sections=[grpo]).
 #   bench/gpu_check.sh [OUT] [key=value ...]        (dry run on CPU: mmpc-rl benchmark suite=gpu dry=true)
 set -euo pipefail

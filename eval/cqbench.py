@@ -13,13 +13,14 @@ two or more models ran a task), radar.png. Options: see CQBenchConfig and docs/c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmpc_rl.config import DTYPES, ModelConfig, parse_options
+from mmpc_rl.config import DTYPES, CQBenchScoring, DataConfig, ItemSelection, ModelConfig, ModelLoading
 from mmpc_rl.data import SPLITS, load_items
 from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
 from mmpc_rl.eval.profiles import apply_profile, model_dtype, profile_record
@@ -31,58 +32,49 @@ from mmpc_rl.eval.report import (
     markdown_tables,
     radar_png,
 )
-from mmpc_rl.eval.runner import evaluate
+from mmpc_rl.eval.runner import adapter_off, evaluate
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.eval.settings import check_settings, run_settings
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import load_policy
+from mmpc_rl.options import parse_options
 from mmpc_rl.plan.placement import plan_placement
-from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
+from mmpc_rl.prompts import prompt_text
 from mmpc_rl.render import DEFAULT_SD, Renderer
-from mmpc_rl.tasks import get_task
+from mmpc_rl.tasks import TASKS, get_task
 
 
-@dataclass
-class CQBenchConfig:
-    models: list[str] = field(default_factory=lambda: ["Qwen/Qwen2.5-VL-7B-Instruct"])
+@dataclass(frozen=True)
+class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
+    """`mmpc-rl eval cqbench`'s options: how each model is loaded (ModelLoading: dtype, qlora, attn_implementation,
+    min/max_pixels), which items it is asked about (ItemSelection: categories, seed, prompt, cache_dir) and how it is
+    scored (CQBenchScoring: split, batch_size, max_new_tokens, bertscore, bertscore_layers, lpips, clip) are the
+    fields a training recipe's model, data and eval sections share, with their defaults (mmpc_rl.config); below are
+    the options of a stand-alone run. Here `dtype` also takes "family" (float16 for Qwen, bfloat16 for Gemma, as the
+    authors' load_model), and `split=recbench` generates for every RecBench item (`mmpc-rl recbench
+    generated=[output_dir]`)."""
+
+    models: list[str] = field(default_factory=lambda: [ModelConfig.name_or_path])
     tasks: list[str] = field(default_factory=lambda: ["i2t"])
-    data: str = "data/mmpcbench"  # "sample", a raw Amazon-2023 folder or a `mmpc-rl data build` output
-    categories: list[str] | None = None
-    split: str = "cqbench"  # or "recbench": every RecBench item, for `mmpc-rl recbench generated=[output_dir]`
+    data: str = DataConfig.path  # "sample", a raw Amazon-2023 folder or a `mmpc-rl data build` output
     limit: int | None = None  # items per category (the paper: 1000)
     profile: str | None = None  # eval/profiles.py: "paper" = the authors' inference; keys given here win
-    seed: int = 42
-    prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording), "paper-rec", "detailed"
+    max_new_tokens: int | None = None  # None: the task's budget (titles 128, prompts 256)
     output_dir: str = "outputs/cqbench"
     adapter: str | None = None  # a LoRA folder: evaluate base (adapter off) and adapter with one copy of the weights
-    batch_size: int = 16
-    max_new_tokens: int | None = None  # None: the task's budget (titles 128, prompts 256)
     do_sample: bool = False
-    dtype: str = "bfloat16"  # or "family": float16 for Qwen, bfloat16 for Gemma (the authors' load_model)
-    qlora: bool = False  # 4-bit NF4 with double quantisation, compute in `dtype` (the authors' loading; GPU only)
-    attn_implementation: str | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    bertscore: str | None = None  # "roberta-large" (paper) or a local folder; None: no BERTScore
-    bertscore_layers: int | None = None
-    lpips: str | None = None  # torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
-    clip: str | None = None  # CLIP ViT-B/32: hub id, local folder, file or tiny://clip; None: no CLIP similarity
     renderer: str = DEFAULT_SD
     render_dtype: str | None = None  # None: bfloat16 on CUDA (mmpc_rl.models.placement); float16: the authors'
-
     render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
     render_steps: int = 4
     render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
     resize: str = "cv2"  # generated -> reference size, bilinear (paper); "square512": both to 512^2
-    cache_dir: str | None = None
     progress: bool = True
 
 
 def parse_config(argv: list[str]) -> CQBenchConfig:
-
-    cfg = parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench")
-    apply_profile(cfg, argv)
+    cfg = apply_profile(parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench"), argv)
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}; valid choices: {', '.join(SPLITS)}")
     if cfg.dtype not in ("family", *DTYPES):
@@ -90,8 +82,8 @@ def parse_config(argv: list[str]) -> CQBenchConfig:
     if cfg.render_dtype not in (None, "bfloat16", "float16", "float32"):
         raise ConfigError(f"render_dtype={cfg.render_dtype!r}; valid choices: bfloat16, float16, float32")
     for task in cfg.tasks:
-        if task not in ("i2t", "t2i"):
-            raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, ["i2t", "t2i"]))
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, TASKS))
         prompt_text(task, cfg.prompt)  # an unknown prompt name fails before any model loads
     if cfg.resize not in ("cv2", "square512"):
         raise ConfigError(f"resize={cfg.resize!r}; valid choices: cv2, square512")
@@ -110,7 +102,6 @@ def model_key(name: str) -> str:
 
 
 def load_scorers(cfg: CQBenchConfig):
-
     renderer = None
     if "t2i" in cfg.tasks:
         renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
@@ -135,8 +126,7 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
 
 def load_model(cfg: CQBenchConfig, name: str, plan=None):
     """The model where `mmpc_rl.plan.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
-    process), or 4-bit; on CPU as before."""
-
+    process), or 4-bit; else on the CPU."""
     plan = plan or eval_placement(cfg, name)
     return load_policy(policy_config(cfg, name, plan), device_map=plan.device_map, max_memory=plan.max_memory)
 
@@ -146,13 +136,11 @@ def policy_config(cfg: CQBenchConfig, name: str, plan) -> ModelConfig:
     if cfg.qlora and not plan.qlora:
         print(f"mmpc-rl: {name}: qlora=true but {plan.note}, so not 4-bit (results.json records what loaded)",
               file=sys.stderr)
-    return ModelConfig(name_or_path=name, dtype=model_dtype(cfg.dtype, name), qlora=plan.qlora,
-                       attn_implementation=cfg.attn_implementation, min_pixels=cfg.min_pixels,
-                       max_pixels=cfg.max_pixels)
+    loading = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelLoading)}
+    return ModelConfig(**{**loading, "dtype": model_dtype(cfg.dtype, name), "qlora": plan.qlora}, name_or_path=name)
 
 
 def eval_placement(cfg: CQBenchConfig, name: str):
-
     max_new = cfg.max_new_tokens or max(get_task(t).max_new_tokens for t in cfg.tasks)
     plan = plan_placement(name, dtype=model_dtype(cfg.dtype, name), qlora=cfg.qlora, batch_size=cfg.batch_size,
                           max_new_tokens=max_new, max_pixels=cfg.max_pixels)
@@ -163,7 +151,6 @@ def eval_placement(cfg: CQBenchConfig, name: str):
 
 def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
-
     out = Path(cfg.output_dir)
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
                        seed=cfg.seed, cache_dir=cfg.cache_dir)
@@ -193,7 +180,7 @@ def run(cfg: CQBenchConfig) -> dict:
             model = _attach_adapter(model, cfg.adapter)
         for task_name, task in tasks.items():
             for arm_key, arm in arms:
-                ctx = model.disable_adapter() if arm == "base" else _nullcontext()
+                ctx = adapter_off(model) if arm == "base" else contextlib.nullcontext()
                 with ctx:
                     res = evaluate(model, processor, task, items, results_path=out / "items" / arm_key /
                                    f"{task_name}.jsonl", scorers=scorers, batch_size=cfg.batch_size,
@@ -229,18 +216,9 @@ def run(cfg: CQBenchConfig) -> dict:
 def _attach_adapter(model, adapter: str):
     from peft import PeftModel
 
-
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter={adapter!r} is not a LoRA folder (no adapter_config.json there)")
     return PeftModel.from_pretrained(model, adapter, is_trainable=False)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,5 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-
     sys.exit(run_cli(lambda: main(sys.argv[1:])))

@@ -23,6 +23,8 @@ LPIPS (it needs `lpips=` torchvision AlexNet weights).
 
 from __future__ import annotations
 
+import dataclasses
+
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.models import DEFAULT_CLIP
 from mmpc_rl.prompts import model_family
@@ -51,13 +53,13 @@ def profile_defaults(name: str, split: str) -> dict[str, object]:
     return defaults
 
 
-def apply_profile(cfg, argv: list[str]) -> None:
-    """Set each of `cfg.profile`'s defaults that `argv` leaves out."""
-    if cfg.profile is not None:
-        given = given_keys(argv)
-        for key, value in profile_defaults(cfg.profile, cfg.split).items():
-            if key not in given:
-                setattr(cfg, key, value)
+def apply_profile(cfg, argv: list[str]):
+    """`cfg` with each of `cfg.profile`'s defaults that `argv` leaves out."""
+    if cfg.profile is None:
+        return cfg
+    given = given_keys(argv)
+    return dataclasses.replace(cfg, **{key: value for key, value in profile_defaults(cfg.profile, cfg.split).items()
+                                       if key not in given})
 
 
 def profile_record(cfg) -> dict | None:

@@ -13,6 +13,7 @@ import numpy as np
 from mmpc_rl.eval.metrics import METRICS, metrics_for
 from mmpc_rl.io import atomic_write_bytes
 from mmpc_rl.prompts import caption
+from mmpc_rl.tasks import TASKS
 
 
 def _stats(values: list[float]) -> dict:
@@ -57,7 +58,7 @@ TASK_TITLES = {"i2t": "Image→Text", "t2i": "Text→Image"}
 def markdown_tables(results: dict[str, dict[str, dict]]) -> str:
     """results[model][task] = aggregate(...). One summary table per task (as Tables 2/3) and one by category."""
     out = []
-    for task in ("i2t", "t2i"):
+    for task in TASKS:
         models = [m for m in results if task in results[m]]
         if not models:
             continue
@@ -186,7 +187,7 @@ def radar_png(results: dict[str, dict[str, dict]], path: str | os.PathLike) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in ("i2t", "t2i") if any(t in r for r in results.values())]
+    tasks = [t for t in TASKS if any(t in r for r in results.values())]
     if not tasks:
         return None
     fig, axes = plt.subplots(1, len(tasks), subplot_kw={"projection": "polar"}, figsize=(6 * len(tasks), 5.5))

@@ -7,6 +7,7 @@ launch` / torchrun each process takes every world_size-th item into its own shar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Callable
@@ -145,7 +146,7 @@ def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: S
         rows, paths = score_batch(task, batch, [a for a, _ in parsed], scorers, image_dir=image_dir, seed=seed)
         for it, completion, (answer, status), row, path in zip(batch, completions, parsed, rows, paths, strict=True):
             rec = {"key": item_key(it), "parent_asin": it["parent_asin"], "category": it["category"],
-                   "reference": it["title"] if task.uses_image_input else str(it["image"]),
+                   "reference": str(task.reference(it)),
                    "completion": completion, "answer": answer, "status": status, "metrics": row}
             if path:
                 rec["image"] = path
@@ -155,3 +156,10 @@ def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: S
 
 def _files(results_path: Path) -> list[Path]:
     return [results_path, *sorted(results_path.parent.glob(f"{results_path.stem}.rank*.jsonl"))]
+
+
+def adapter_off(model):
+    """The adapter switched off (a PEFT model), else nothing to switch: LoRA's B starts at zero, so with the
+    adapter off the model is exactly the base it started from."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) else contextlib.nullcontext()

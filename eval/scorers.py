@@ -52,7 +52,6 @@ def build_scorers(tasks, *, bertscore: str | None = None, bertscore_layers: int 
                   renderer=None, resize: str = "cv2"):
     """The heavy models a CQBench run needs for `tasks` ("i2t"/"t2i"), for the CLI and the training callback alike:
     BERTScore for titles; LPIPS, CLIP and the renderer for images. A metric whose model is not given is left out."""
-
     sc = Scorers(resize=resize)
     if "i2t" in tasks and bertscore:
         sc.bertscore = load_bertscore(bertscore, bertscore_layers)

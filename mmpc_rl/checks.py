@@ -1,6 +1,7 @@
-"""Value checks of a recipe's `trainer` and `lora` mappings, run while the recipe is built: a value TRL or peft would
-reject late (after ~30 s of model loading), or accept and train nonsense with (`learning_rate=1e400` gives an all-NaN
-adapter and exit 0), is one line before anything loads.
+"""Key and value checks of a recipe's `trainer` and `lora` mappings, run while the recipe is built: the valid keys
+are the fields of the object each mapping becomes, and a value TRL or peft would reject late (after ~30 s of model
+loading), or accept and train nonsense with (`learning_rate=1e400` gives an all-NaN adapter and exit 0), is one line
+before anything loads.
 
 Types come from the object each mapping becomes (trl.GRPOConfig, peft.LoraConfig): a field typed `int`/`float` (or
 `... | None`) takes a finite number of that kind. Ranges are for the values whose nonsense is silent or slow."""
@@ -20,6 +21,18 @@ AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gr
                 "num_generations", "max_completion_length", "num_iterations")
 POSITIVE = ("learning_rate",)
 NON_NEGATIVE = ("beta", "temperature", "max_grad_norm", "weight_decay", "warmup_steps", "epsilon")
+
+
+def grpo_fields() -> list[str]:
+    from trl import GRPOConfig  # TRL costs seconds to import: only when a recipe is checked
+
+    return [f.name for f in dataclasses.fields(GRPOConfig) if f.init]
+
+
+def lora_fields() -> list[str]:
+    from peft import LoraConfig
+
+    return [f.name for f in dataclasses.fields(LoraConfig) if f.init]
 
 
 def _number_type(tp: Any) -> type | None:

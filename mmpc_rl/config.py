@@ -2,17 +2,18 @@
 
 The YAML tree is merged once, here, into a frozen, typed `Recipe` that is handed down; nothing below the entry point
 reads the raw tree. Every section is checked against the object it becomes, so a typo fails at once with the valid
-choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig, `data` -> DataConfig,
-`eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by the reward package
-(`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
+choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig (their fields and values are
+read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by
+the reward package (`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
 
-`parse_options` is the one `key=value` parser: recipes and every subcommand's options go through it.
+The typed sections' defaults are the dataclasses below; `base.yaml` holds only what has no dataclass (task, lora,
+trainer, rewards). `key=value` arguments are parsed by mmpc_rl.options; the TRL and PEFT objects are built from a
+Recipe by mmpc_rl.train.trl_config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,56 +24,76 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpc_rl.checks import check_lora, check_trainer
+from mmpc_rl.checks import check_lora, check_trainer, grpo_fields, lora_fields
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.io import atomic_write_text
+from mmpc_rl.options import split_pairs, typed_tree
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
+from mmpc_rl.tasks import TASKS
 
-TASKS = ("i2t", "t2i")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 
 
+# Three groups of fields are shared by a training recipe and `mmpc-rl eval cqbench` (eval/cqbench.py's CQBenchConfig
+# inherits all three), so a CQBench run and the in-training callback read the same fields with the same defaults.
 @dataclass(frozen=True)
-class ModelConfig:
-    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+class ModelLoading:
+    """How a policy's weights are loaded."""
+
     dtype: str = "bfloat16"
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
     qlora: bool = False  # 4-bit NF4 + double quantisation, bf16 compute (the paper's setup)
-    trust_remote_code: bool = False
-    revision: str | None = None
     min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
     max_pixels: int | None = None
-    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
-    compiled_decoding: bool = False
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    path: str = "sample"  # "sample" (bundled catalog), a raw Amazon-2023 folder, or a `mmpc-rl data build` output
+class ItemSelection:
+    """Which catalog items are read, and the prompt they are asked with."""
+
     categories: list[str] | None = None  # None: every category found
-    split: str = "train"  # which item set GRPO trains on (train / cqbench)
-    limit_per_category: int | None = None
     seed: int = 42
-    text_field: str = "title"
     prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     cache_dir: str | None = None  # where images and the built sample catalog are kept
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class CQBenchScoring:
+    """What a CQBench pass generates on and scores with."""
+
+    split: str = "cqbench"
+    batch_size: int = 16
+    max_new_tokens: int | None = 128
+    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
+    bertscore_layers: int | None = None
+    lpips: str | None = None  # t2i: torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
+    clip: str | None = None  # t2i: CLIP ViT-B/32 (hub id, local folder or tiny://clip); None: no CLIP similarity
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelLoading):
+    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
+    compiled_decoding: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig(ItemSelection):
+    path: str = "data/mmpcbench"  # a `mmpc-rl data build` output, "sample" (bundled catalog) or a raw Amazon-2023 dir
+    split: str = "train"  # which item set GRPO trains on (train / cqbench)
+    limit_per_category: int | None = None
+    text_field: str = "title"
+
+
+@dataclass(frozen=True)
+class EvalConfig(CQBenchScoring):
     enabled: bool = False  # CQBench before and after training (the callback)
     every_n_steps: int | None = None
     items_per_category: int = 20
-    categories: list[str] | None = None
-    split: str = "cqbench"
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
-    bertscore_layers: int | None = None
-    lpips: str | None = None  # LPIPS backbone weights (t2i)
-    clip: str | None = None  # CLIP ViT-B/32 weights (t2i)
+    categories: list[str] | None = None  # None: data.categories
 
 
 @dataclass(frozen=True)
@@ -117,7 +138,7 @@ class Recipe:
         out: dict[str, Any] = {"recipe": self.name, "task": self.task}
         for name in SECTIONS:
             value = getattr(self, name)
-            out[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _thaw(value)
+            out[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else thaw(value)
         return out
 
 
@@ -155,75 +176,13 @@ def _frozen(d: Mapping) -> FrozenMap:
     return FrozenMap({k: (_frozen(v) if isinstance(v, Mapping) else v) for k, v in d.items()})
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists from a recipe's frozen mappings (what TRL and PEFT take)."""
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
-
-
-# ------------------------------------------------------------------------------------------------- key=value
-def split_pairs(argv: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for arg in argv:
-        if "=" not in arg or arg.startswith("="):
-            raise ConfigError(f"arguments are key=value pairs, got {arg!r} (e.g. recipe=i2t trainer.max_steps=10)")
-        key, value = arg.split("=", 1)
-        pairs.append((key.lstrip("+"), value))
-    return pairs
-
-
-def _typed(pairs: list[tuple[str, str]]) -> dict:
-    """YAML-typed values for dotted keys. A reward named by dotted path (`rewards.pkg.mod:fn.weight=1`) keeps its
-    dots: OmegaConf would split it into nested keys."""
-    plain = [f"{k}={v}" for k, v in pairs if not (k.startswith("rewards.") and ":" in k)]
-    try:
-        tree = OmegaConf.to_container(OmegaConf.from_dotlist(plain), resolve=False)
-        for key, value in pairs:
-            if key.startswith("rewards.") and ":" in key:
-                head, _, tail = key[len("rewards."):].partition(":")
-                fn, _, rest = tail.partition(".")
-                typed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]), resolve=False)["v"]
-                node = tree.setdefault("rewards", {}).setdefault(f"{head}:{fn}", {})
-                if rest:
-                    node[rest] = typed
-                else:
-                    tree["rewards"][f"{head}:{fn}"] = typed
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
-    return tree
-
-
-def parse_options(schema, argv: list[str], command: str, *, recipe_keys: bool = False, noun: str = "key"):
-    """`key=value` arguments as the `schema` dataclass, typed by OmegaConf: an unknown key names the valid ones, a
-    value of the wrong type is one line. Dotted keys (`grid.VBPR.reg_weight=[0.1]`) reach mappings.
-
-    With `recipe_keys`, `section.key=value` pairs for a recipe section (and `recipe=` when the schema has no field of
-    that name) are returned apart, as overrides for `load_recipe`: `(options, overrides)`. `noun` names an argument
-    in errors ("unknown key 'x'" / "unknown option 'x'"), as each subcommand has always said it."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    valid = list(fields)
-    given, overrides = [], []
-    for key, value in split_pairs(argv):
-        top = key.split(".", 1)[0]
-        if top in valid:
-            if key == top and "list" in str(fields[key].type) and value and not value.startswith("["):
-                value = f"[{value}]"  # generated=file.jsonl, arms=plain: a one-element list
-            given.append((key, value))
-        elif recipe_keys and (top in TOP_LEVEL and ("." in key or top in ("recipe", "task"))):
-            overrides.append(f"{key}={value}")
-        elif top == "recipe":
-            raise ConfigError(f"{command} takes no recipe=; pass its options as key=value")
-        else:
-            hint = "; recipe keys go as section.key=value (e.g. trainer.beta=0.0)" if recipe_keys else ""
-            raise ConfigError(f"unknown {noun} {top!r}" + did_you_mean(top, valid) + hint)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), _typed(given))
-        opts = schema(**OmegaConf.to_container(merged, resolve=True))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad option: {str(e).splitlines()[0]}") from None
-    return (opts, overrides) if recipe_keys else opts
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -288,7 +247,7 @@ def load_recipe(argv: list[str] | None = None, default: str | None = None) -> Re
         raise ConfigError("no recipe given: add recipe=NAME; valid choices: " + ", ".join(list_recipes()))
     tree = _compose(recipe)
     try:
-        tree = OmegaConf.merge(tree, _typed([(k, v) for k, v in pairs if k != "recipe"]))
+        tree = OmegaConf.merge(tree, typed_tree([(k, v) for k, v in pairs if k != "recipe"]))
         tree.recipe = recipe
         raw = OmegaConf.to_container(tree, resolve=True)
     except OmegaConfBaseException as e:
@@ -301,18 +260,6 @@ def _check_keys(section: str, given: Mapping, valid: list[str]) -> None:
     for key in given:
         if key not in valid:
             raise ConfigError(f"unknown key {section}.{key}" + did_you_mean(str(key), valid))
-
-
-def grpo_fields() -> list[str]:
-    from trl import GRPOConfig  # TRL costs seconds to import: only when a recipe is checked
-
-    return [f.name for f in dataclasses.fields(GRPOConfig) if f.init]
-
-
-def lora_fields() -> list[str]:
-    from peft import LoraConfig
-
-    return [f.name for f in dataclasses.fields(LoraConfig) if f.init]
 
 
 def _mapping(name: str, value: Any) -> dict:
@@ -356,72 +303,3 @@ def build_recipe(raw: dict) -> Recipe:
         rewards[str(name)] = opts
     return Recipe(name=str(raw.get("recipe")), task=raw["task"], lora=_frozen(lora), trainer=_frozen(trainer),
                   rewards=_frozen(rewards), **sections)
-
-
-# ----------------------------------------------------------------------------------------------- building
-def build_lora_config(recipe: Recipe):
-    from peft import LoraConfig
-
-    if not recipe.lora:
-        return None
-    try:
-        return LoraConfig(**_thaw(recipe.lora))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"lora: {e}") from None
-
-
-def build_grpo_config(recipe: Recipe):
-    """trl.GRPOConfig from `trainer`, with reward weights from `rewards.<name>.weight` in recipe order."""
-    import torch
-    from trl import GRPOConfig
-
-    opts = _thaw(recipe.trainer)
-    if opts.get("per_device_train_batch_size") is None:
-        # TRL's default (8) would be checked against the group size with a message about generation batches
-        raise ConfigError("the recipe leaves its memory layout open (trainer.per_device_train_batch_size unset): "
-                          "resolve it first with mmpc_rl.train.builder.resolve_layout(recipe), as build_trainer does")
-    opts["reward_weights"] = recipe.reward_weights
-    if not torch.cuda.is_available() and not opts.get("use_cpu"):
-        # TRL would stop with "Your setup doesn't support bf16/gpu"; a CPU run of a real recipe is what a
-        # user without a GPU means (e.g. a tiny local model), so say so and go on.
-        print("mmpc-rl: no CUDA device found: training on CPU in float32 (trainer.use_cpu=true, bf16=false)")
-        opts.update(use_cpu=True, bf16=False, fp16=False)
-    for key, value in opts.items():
-        if key.endswith("_strategy") and isinstance(value, bool):
-            opts[key] = "no" if value is False else "steps"  # YAML 1.1 reads `no` as false
-    if opts.get("report_to") in (None, [], "none"):
-        opts["report_to"] = "none"
-    try:
-        return GRPOConfig(**opts)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"trainer: {e}") from None
-
-
-SECRET_MARKERS = ("token", "api_key", "apikey", "password", "secret")
-
-
-def scrub(node: Any) -> Any:
-    """Drop values whose key looks like a secret: saved configs must never hold credentials."""
-    if isinstance(node, dict):
-        return {k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and v else scrub(v))
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [scrub(v) for v in node]
-    return node
-
-
-def scrub_argv(argv: list[str]) -> list[str]:
-    """`key=value` arguments with the values of secret-looking keys redacted (as `scrub` does to a tree)."""
-    out = []
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        secret = eq and value and any(m in key.split(".")[-1].lower() for m in SECRET_MARKERS)
-        out.append(f"{key}=<redacted>" if secret else arg)
-    return out
-
-
-def save_config(recipe: Recipe, output_dir: str | os.PathLike) -> Path:
-    path = Path(output_dir) / "config.yaml"
-    text = OmegaConf.to_yaml(OmegaConf.create(scrub(recipe.to_dict())))
-    atomic_write_text(path, text)
-    return path

@@ -13,6 +13,7 @@ Settings default to the authors' (`Recbench/generate_images_from_prompts.py`): 4
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,6 +23,19 @@ import torch
 
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.models import DEFAULT_SD, load_sd3_pipeline, placement
+
+
+def to_pil(image: Any) -> Any:
+    """A render as an RGB PIL image: a CHW float tensor in [0, 1] (the pipeline's "pt" output), a file, or PIL."""
+    from PIL import Image  # PIL only where a render is shown, not to render
+
+    if isinstance(image, torch.Tensor):
+        pixels = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        image = Image.fromarray(pixels)
+    elif isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    return image.convert("RGB")
 
 
 class Renderer:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from mmpc_rl.rewards.registry import register
+from mmpc_rl.rewards.registry import no_model, register
 from mmpc_rl.tasks import completion_text
 
 OK, WRONG_SHAPE, FAIL = 1.0, 0.5, 0.0
@@ -24,7 +24,7 @@ def score(task, completion: str) -> float:
     return FAIL
 
 
-@register("json_format")
+@register("json_format", memory=no_model)
 def json_format(task, context=None):
     def reward(completions, **_) -> list[float]:
         return [score(task, completion_text(c)) for c in completions]

@@ -9,9 +9,13 @@ higher than the right words without it. An empty completion scores 0.0.
 from __future__ import annotations
 
 from mmpc_rl.models import DEFAULT_SENTENCE_MODEL as DEFAULT_MODEL
-from mmpc_rl.models import load_sentence_model
+from mmpc_rl.models import MINILM_IDS, load_sentence_model
+from mmpc_rl.plan import ModelMemory
 from mmpc_rl.rewards.registry import register
 from mmpc_rl.tasks import completion_text
+
+# all-MiniLM-L6-v2's parameters on the meta device (sentence-transformers 5.x)
+MINILM_PARAMS = 22_713_216
 
 
 def cosine(model, texts: list[str], references: list[str], batch_size: int = 64) -> list[float]:
@@ -25,7 +29,16 @@ def cosine(model, texts: list[str], references: list[str], batch_size: int = 64)
     return (a * b).sum(-1).float().cpu().tolist()
 
 
-@register("minilm_cosine", tasks=("i2t",))
+def memory(options: dict) -> tuple[ModelMemory, ...]:
+    """For the memory planner: the sentence model in fp32 (mmpc_rl.models places sentence models so); activations
+    of a title batch are negligible. Another model than all-MiniLM-L6-v2 is planned at its size, with a note."""
+    other = options["model"] not in MINILM_IDS
+    note = f"minilm_cosine: {options['model']} planned at all-MiniLM-L6-v2's size" if other else ""
+    return (ModelMemory("MiniLM (reward)", params=MINILM_PARAMS, bytes_per_param=4, device=options["device"],
+                        note=note),)
+
+
+@register("minilm_cosine", tasks=("i2t",), memory=memory)
 def minilm_cosine(task, context=None, model: str = DEFAULT_MODEL, batch_size: int = 64, device: str | None = None,
                   reference_column: str = "title"):
     injected = (context.models.get("minilm") if context else None)

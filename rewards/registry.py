@@ -1,6 +1,5 @@
 """The reward registry and the objects it builds (see the package docstring)."""
 
-
 from __future__ import annotations
 
 import importlib
@@ -10,6 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.plan import ModelMemory
+
+# What a reward keeps beside the policy, for the memory planner: its options (the factory's defaults filled in) ->
+# one ModelMemory per model it loads, () for none.
+Memory = Callable[[dict[str, Any]], tuple[ModelMemory, ...]]
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,12 @@ class RewardSpec:
     name: str
     factory: Callable[..., Callable]
     tasks: tuple[str, ...]  # tasks it applies to; empty = any
-    higher_is_better: bool = True
+    memory: Memory | None = None  # None: undeclared (a reward from outside the package), so not counted
+
+
+def no_model(options: dict[str, Any]) -> tuple[ModelMemory, ...]:
+    """The memory of a reward that loads no model."""
+    return ()
 
 
 @dataclass
@@ -34,11 +43,11 @@ class RewardContext:
 REGISTRY: dict[str, RewardSpec] = {}
 
 
-def register(name: str, tasks: tuple[str, ...] = ()) -> Callable:
+def register(name: str, tasks: tuple[str, ...] = (), memory: Memory | None = None) -> Callable:
     def deco(factory: Callable) -> Callable:
         if name in REGISTRY and REGISTRY[name].factory is not factory:
             raise ValueError(f"reward {name!r} is registered twice")
-        REGISTRY[name] = RewardSpec(name, factory, tuple(tasks))
+        REGISTRY[name] = RewardSpec(name, factory, tuple(tasks), memory)
         return factory
 
     return deco
@@ -133,6 +142,23 @@ def validate_rewards(rewards: Mapping[str, Mapping], task: str) -> None:
         for key in opts:
             if key not in valid:
                 raise ConfigError(f"unknown key rewards.{name}.{key}" + did_you_mean(str(key), valid))
+
+
+def reward_memory(rewards: Mapping[str, Mapping]) -> tuple[ModelMemory, ...]:
+    """What the recipe's rewards keep beside the policy, for the memory planner (train/ passes it on): each reward's
+    `memory` on its options as the factory sees them, the factory's own defaults filled in. A reward that declares
+    none is a note in the plan: any model it loads is not counted."""
+    out = []
+    for name, opts in rewards.items():
+        s = spec(name)
+        if s.memory is None:
+            out.append(ModelMemory(f"{name} (reward)", note=f"reward {name} declares no memory: any model it loads "
+                                                            "is not counted"))
+            continue
+        params = inspect.signature(s.factory).parameters
+        given = dict(opts or {})
+        out.extend(s.memory({key: given.get(key, params[key].default) for key in options_of(s)}))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------ building

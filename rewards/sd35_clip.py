@@ -19,6 +19,7 @@ Rule for a completion that does not parse to `{"prompt": "..."}` (or parses to a
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from pathlib import Path
@@ -29,9 +30,17 @@ import torch
 from mmpc_rl.clip import DEFAULT_CLIP, ClipEmbedder
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.io import atomic_write_bytes
-from mmpc_rl.render import DEFAULT_SD, Renderer
+from mmpc_rl.plan import ModelMemory
+from mmpc_rl.render import DEFAULT_SD, Renderer, to_pil
 from mmpc_rl.rewards.registry import Reward, register
 from mmpc_rl.tasks import completion_text
+from mmpc_rl.tracking import active_wandb
+
+# Parameter counts on the meta device from the published configs (diffusers 0.42 / transformers 5.2x):
+# SD3.5-large MMDiT 8,056,627,520 + VAE 83,819,683 + T5-XXL encoder 4,762,310,656 + CLIP-L 123,650,304 + CLIP-G
+# 694,659,840; open_clip ViT-B/32 151,277,313.
+SD35_LARGE_PARAMS, CLIP_B32_PARAMS = 13_721_068_003, 151_277_313
+SD3_HIDDEN, SD3_TEXT_TOKENS, SD3_T5_WIDTH = 2432, 77, 4096
 
 
 def render_seed(item_id: Any, k: int, base: int = 0) -> int:
@@ -163,30 +172,13 @@ class SD35ClipReward:
             return None
         image, caption = panel
         if self.output_dir:
-            import io as _io
-
-
-            buf = _io.BytesIO()
+            buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=90)
             atomic_write_bytes(Path(self.output_dir) / "renders" / f"step_{step:06d}.jpg", buf.getvalue())
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"sd35_clip/renders": wandb.Image(image, caption=caption)}, commit=False)
-        except ImportError:
-            pass
+        wandb = active_wandb()
+        if wandb is not None:
+            wandb.log({"sd35_clip/renders": wandb.Image(image, caption=caption)}, commit=False)
         return image
-
-
-def _to_pil(image: Any, tile: int) -> Any:
-    from PIL import Image
-
-    if isinstance(image, torch.Tensor):
-        image = Image.fromarray((image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
-    elif isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
-    return image.convert("RGB").resize((tile, tile))
 
 
 def make_panel(last: dict, references: list, tile: int = 256) -> tuple[Any, str] | None:
@@ -205,17 +197,36 @@ def make_panel(last: dict, references: list, tile: int = 256) -> tuple[Any, str]
     best, worst = max(group, key=lambda i: rewards[i]), min(group, key=lambda i: rewards[i])
     width = 1 + max(len(last["job_of"][best]), len(last["job_of"][worst]))
     panel = Image.new("RGB", (width * tile, 2 * tile), "white")
-    real = _to_pil(references[group[0]], tile)
+    real = to_pil(references[group[0]]).resize((tile, tile))
     for row, i in enumerate((best, worst)):
         panel.paste(real, (0, row * tile))
         for col, j in enumerate(last["job_of"][i], start=1):
-            panel.paste(_to_pil(last["renders"][j], tile), (col * tile, row * tile))
+            panel.paste(to_pil(last["renders"][j]).resize((tile, tile)), (col * tile, row * tile))
     caption = (f"best {rewards[best]:.3f}: {last['texts'][best]!r} | worst {rewards[worst]:.3f}: "
                f"{last['texts'][worst]!r}")
     return panel, caption
 
 
-@register("sd35_clip", tasks=("t2i",))
+def memory(options: dict) -> tuple[ModelMemory, ...]:
+    """For the memory planner: SD3.5-large in bf16 and CLIP ViT-B/32 in fp16 (their CUDA dtypes in mmpc_rl.models),
+    counted at those sizes whatever `model`/`clip` name (a local folder is not read); the renderer's cache of T5
+    prompt encodings; and one call's peak, analytic and unmeasured: an MMDiT block's bf16 temporaries (~12 x hidden
+    per token) for `max_batch` images, or the VAE decoder's 128-channel full-resolution maps (~4 live, bf16) for
+    `decode_batch` images."""
+    size, ctx = int(options["size"]), SD3_TEXT_TOKENS + int(options["max_sequence_length"])
+    cache = int(options["text_cache_size"]) * ctx * SD3_T5_WIDTH * 2
+    mmdit = int(options["max_batch"]) * ((size // 16) ** 2 + ctx) * 12 * SD3_HIDDEN * 2
+    vae = int(options["decode_batch"]) * size * size * 128 * 2 * 4
+    device, clip_device = options["device"], options["clip_device"] or options["device"]
+    if clip_device == device:
+        return (ModelMemory("SD3.5-large + CLIP (reward)", params=SD35_LARGE_PARAMS + CLIP_B32_PARAMS,
+                            resident_bytes=cache, activation_bytes=max(mmdit, vae), device=device),)
+    return (ModelMemory("SD3.5-large (reward)", params=SD35_LARGE_PARAMS, resident_bytes=cache,
+                        activation_bytes=max(mmdit, vae), device=device),
+            ModelMemory("CLIP ViT-B/32 (reward)", params=CLIP_B32_PARAMS, device=clip_device))
+
+
+@register("sd35_clip", tasks=("t2i",), memory=memory)
 def sd35_clip(task, context=None, model: str = DEFAULT_SD, clip: str = DEFAULT_CLIP, num_images: int = 4,
               size: int = 1024, num_inference_steps: int = 4, guidance_scale: float = 0.0,
               max_sequence_length: int = 512, seed: int = 0, max_batch: int = 16, decode_batch: int = 4,

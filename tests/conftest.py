@@ -14,7 +14,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
-    """Tiny models and the sample catalog are built once per session into a private cache."""
+    """Tiny models and the sample catalog are built once per session into a private cache; `tiny://` names resolve in
+    every test (importing mmpc_rl.tiny registers them with the loader)."""
+    import mmpc_rl.tiny  # noqa: F401
+
     root = tmp_path_factory.mktemp("mmpc-cache")
     old = os.environ.get("MMPC_RL_CACHE")
     os.environ["MMPC_RL_CACHE"] = str(root)

@@ -121,7 +121,7 @@ def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
         init_wandb(load_recipe(["recipe=demo-i2t"]), args)
 
 
-# issue 13 item 12: values are checked while the recipe is built, before any data or model loads. data.path points
+# values are checked while the recipe is built, before any data or model loads. data.path points
 # nowhere, so an argument that got past the recipe would end on "data path ... does not exist" instead.
 @pytest.mark.parametrize("arg, message", [
     ("trainer.learning_rate=1e400", "trainer.learning_rate=inf is not a finite number"),

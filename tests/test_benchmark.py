@@ -1,5 +1,6 @@
-"""train/benchmark.py and train/speed.py: both arms end to end on the tiny shape (CPU), forced completion length,
-arm settings, the real shape's size, the results file, resume, and option errors."""
+"""The measurement harness. `mmpc-rl benchmark` (mmpc_rl/bench/cli.py, grpo_arms.py): both arms end to end on the
+tiny shape (CPU), forced completion length, arm settings, the real shape's size, the results file, resume, and option
+errors. `mmpc-rl eval speed` (cqbench_speed.py): both batch modes and its routing."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 
 import pytest
 
+from mmpc_rl.bench import cli as benchmark
+from mmpc_rl.bench import grpo_arms as bench
+from mmpc_rl.bench.grpo_options import parse_bench_options
 from mmpc_rl.errors import ConfigError
-from mmpc_rl.train import benchmark
-from mmpc_rl.train import speed as bench
-from mmpc_rl.train.bench_options import parse_bench_options
 
 G, T = 2, 4
 TINY = ["recipe=i2t", "shape=tiny", "steps=2", "warmup=1", f"new_tokens={T}", f"num_generations={G}",
@@ -82,6 +83,29 @@ def test_rerun_with_the_same_options_resumes_without_training(run, monkeypatch, 
     assert json.loads((out / "benchmark.json").read_text())["arms"] == res["arms"]
 
 
+def test_cqbench_speed_reports_both_modes(tmp_path, capsys, one_thread):
+    from mmpc_rl.bench import cqbench_speed as speed
+
+    out = tmp_path / "speed.json"
+    argv = ["items=4", "batch_sizes=[1,4]", "max_new_tokens=3", "dtype=float32", f"output={out}"]
+    assert speed.main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
+    assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
+    assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
+    with pytest.raises(ConfigError, match="unknown key 'itmes' \\(did you mean 'items'\\?\\)"):
+        speed.main(["itmes=4"])
+
+
+def test_eval_speed_is_routed_to_the_harness(capsys):
+    from mmpc_rl.cli import main
+
+    assert main(["eval", "speed", "itmes=4"]) == 2  # parsed by mmpc_rl.bench.cqbench_speed, nothing loaded
+    assert "unknown key 'itmes'" in capsys.readouterr().err
+    assert main(["eval", "sped"]) == 2
+    assert "did you mean 'speed'" in capsys.readouterr().err
+
+
 def test_real_shape_is_qwen25_vl_7b():
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -103,13 +127,14 @@ def test_real_shape_is_qwen25_vl_7b():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["stepz=3"], "unknown option 'stepz' (did you mean 'steps'?)"),
+    (["stepz=3"], "unknown key 'stepz' (did you mean 'steps'?)"),
     (["shape=huge"], "shape='huge'; valid choices: real, tiny"),
     (["arms=[project,fast]"], "unknown arm 'fast'"),
     (["steps=0"], "steps and new_tokens must be >= 1"),
     (["trainer.bogus=1"], "unknown key trainer.bogus"),
+    (["trainr.beta=0"], "unknown key recipe.trainr (did you mean 'trainer'?)"),  # checked by the recipe
     (["recipe=demo-i2t", "shape=real"], "shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU"),
-    (["compile=true"], "unknown option 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
+    (["compile=true"], "unknown key 'compile'"),  # speed options are recipe keys (model.compiled_decoding)
 ])
 def test_option_errors_are_one_line_config_errors(argv, needle):
     with pytest.raises(ConfigError) as e:
@@ -143,9 +168,9 @@ def test_the_project_arm_takes_speed_settings_from_the_recipe():
 def test_project_arm_resolves_what_a_training_run_resolves(run):
     """The project arm is built by build_trainer: every setting that decides speed or the objective equals what a
     training run of the same recipe (with the benchmark's G and T) resolves."""
-    from mmpc_rl.config import build_grpo_config
     from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.recipe import load_training_recipe
+    from mmpc_rl.train.trl_config import build_grpo_config
 
     _, _, res = run
     recipe = load_training_recipe(["recipe=i2t", f"trainer.num_generations={G}", f"trainer.max_completion_length={T}"])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mmpc_rl.config import build_grpo_config as _build_grpo_config
-from mmpc_rl.config import build_lora_config, list_recipes, save_config
+from mmpc_rl.config import list_recipes
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.train.builder import resolve_layout
 from mmpc_rl.train.recipe import load_training_recipe as load_recipe
+from mmpc_rl.train.run_config import save_config
+from mmpc_rl.train.trl_config import build_grpo_config as _build_grpo_config
+from mmpc_rl.train.trl_config import build_lora_config
 
 
 def build_grpo_config(recipe):
@@ -100,6 +102,30 @@ def test_saved_config_is_resolved_and_scrubbed(tmp_path):
     assert "sk-secret" not in text and "<redacted>" in text
 
 
+def test_typed_section_defaults_are_stated_once(tmp_path):
+    """base.yaml holds no section that has a dataclass, so a recipe that leaves a field out gets the dataclass's
+    default, the same one `mmpc-rl eval cqbench` and the saved config see."""
+    from omegaconf import OmegaConf
+
+    from mmpc_rl.config import SECTION_SCHEMAS, DataConfig, ModelConfig, recipe_dir
+    from mmpc_rl.config import load_recipe as compose  # the schema alone: this bare recipe names no reward
+
+    base = OmegaConf.to_container(OmegaConf.load(recipe_dir() / "base.yaml"))
+    assert set(base) & set(SECTION_SCHEMAS) == set()
+    (tmp_path / "bare.yaml").write_text("inherit: base\ntrainer:\n  output_dir: out/bare\n")
+    bare = compose([f"recipe={tmp_path / 'bare.yaml'}"])
+    assert bare.data == DataConfig() and bare.model == ModelConfig()
+    assert (bare.data.path, bare.data.prompt, bare.model.dtype) == ("data/mmpcbench", "paper", "bfloat16")
+
+
+def test_task_names_come_from_the_task_table():
+    from mmpc_rl.tasks import TASKS
+
+    with pytest.raises(ConfigError) as e:
+        load_recipe(["recipe=i2t", "task=x2y"])
+    assert str(e.value).endswith("valid choices: " + ", ".join(TASKS))
+
+
 def test_lora_targets_only_the_language_model_of_qwen_and_gemma(tiny_qwen):
     """Both model families of the paper: the 7 linear layers of every language-model block, no vision layer."""
     from peft import get_peft_model
@@ -121,7 +147,7 @@ def test_lora_targets_only_the_language_model_of_qwen_and_gemma(tiny_qwen):
 
 
 def test_inherit_paths_resolve_against_the_recipe_folder_and_base_is_a_parent(tmp_path, monkeypatch):
-    # issue 13 item 15: run from anywhere; `inherit: ../x.yaml` is the recipe file's neighbour, not the cwd's
+    # run from anywhere; `inherit: ../x.yaml` is the recipe file's neighbour, not the cwd's
     (tmp_path / "shared").mkdir()
     (tmp_path / "mine").mkdir()
     (tmp_path / "shared" / "base-ish.yaml").write_text("inherit: i2t\ntrainer:\n  learning_rate: 0.0007\n")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.eval import cqbench, runner
@@ -90,6 +92,26 @@ def test_config_errors_name_the_key():
         cqbench.parse_config(["tasks=[i2x]"])
     with pytest.raises(ConfigError, match="resize="):
         cqbench.parse_config(["resize=crop"])
+
+
+def test_options_are_the_recipe_sections_fields(monkeypatch):
+    """The fields CQBench shares with a training recipe keep the sections' defaults, and every loading field reaches
+    the model as a recipe's `model` section would give it."""
+    import dataclasses
+
+    from mmpc_rl.config import DataConfig, EvalConfig, ItemSelection, ModelConfig, ModelLoading
+
+    cfg = cqbench.parse_config([])
+    shared = {f.name for base in (ModelLoading, ItemSelection) for f in dataclasses.fields(base)}
+    assert {k: getattr(cfg, k) for k in shared} == {k: getattr(ModelConfig(), k, getattr(DataConfig(), k, None))
+                                                    for k in shared}
+    assert (cfg.data, cfg.models, cfg.split, cfg.bertscore) == (DataConfig().path, [ModelConfig().name_or_path],
+                                                              EvalConfig().split, EvalConfig().bertscore)
+    assert cfg.max_new_tokens is None and cfg.limit is None  # a stand-alone run: the task's budget, every item
+    seen = {}
+    monkeypatch.setattr(cqbench, "load_policy", lambda mc, **kw: seen.setdefault("mc", mc))
+    cqbench.load_model(cqbench.parse_config(["dtype=float32", "min_pixels=3136", "attn_implementation=eager"]), TINY)
+    assert seen["mc"] == ModelConfig(name_or_path=TINY, dtype="float32", min_pixels=3136, attn_implementation="eager")
 
 
 def test_cli_dispatch_reaches_cqbench(capsys):
@@ -269,20 +291,6 @@ def test_t2i_run_with_tiny_sd3_and_tiny_clip(tmp_path):
         assert m["psnr"] == pytest.approx(10 * math.log10(1 / m["mse"]), rel=1e-6)
         assert -1.0 <= m["clip"] <= 1.0 and m["lpips"] >= 0.0
     assert "| tiny-qwen2.5-vl | " in (tmp_path / "tables.md").read_text()
-
-
-def test_speed_harness_reports_both_modes(tmp_path, capsys):
-    from mmpc_rl.eval import speed
-
-    out = tmp_path / "speed.json"
-    argv = ["items=4", "batch_sizes=[1,4]", "max_new_tokens=3", "dtype=float32", f"output={out}"]
-    assert speed.main(argv) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [(r["batch_size"], r["items"]) for r in rows] == [(1, 4), (4, 4)]
-    assert all(r["items_per_minute"] == pytest.approx(60 * 4 / r["seconds"], rel=0.01) for r in rows)
-    assert capsys.readouterr().out.count("items/min (3 new tokens each)") == 2
-    with pytest.raises(ConfigError, match="unknown option 'itmes' \\(did you mean 'items'\\?\\)"):
-        speed.main(["itmes=4"])
 
 
 def test_unreadable_image_is_a_one_line_data_error(tmp_path):
@@ -576,3 +584,30 @@ def test_a_rerun_with_other_settings_refuses_to_resume(first_run, tmp_path):
     (out / "items" / "tiny-qwen2.5-vl" / "i2t.settings.json").unlink()
     with pytest.raises(ConfigError, match="has no i2t.settings.json beside it"):
         cqbench.run(cqbench.parse_config([f"models=[{TINY}]", f"output_dir={out}", *ARGS]))
+
+
+def test_cqbench_t2i_images_stay_in_image_dir(tmp_path):
+    from mmpc_rl.eval.runner import Scorers, score_batch
+    from mmpc_rl.tasks import get_task
+
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(ref)
+    items = [{"parent_asin": a, "category": c, "title": "t", "image": str(ref)}
+             for a, c in (("../../escape", "All_Beauty"), ("/abs/path/x", "../../cat"), ("ok", "/etc"))]
+    scorers = Scorers(renderer=lambda prompts, seeds: [Image.new("RGB", (32, 32)) for _ in prompts])
+    img_dir = tmp_path / "run" / "images"
+    _, paths = score_batch(get_task("t2i"), items, ["a", "b", "c"], scorers, image_dir=img_dir, seed=0)
+    assert len(set(paths)) == 3
+    for p in paths:
+        assert Path(p).resolve().is_relative_to(img_dir.resolve()) and Path(p).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.png", "run"]  # nothing created outside
+
+
+def test_cqbench_model_folder_names_stay_one_component():
+    from mmpc_rl.eval.cqbench import model_key
+
+    for name in ("tiny://../../x", "..", "/", "org/..", "tiny:///abs", "Qwen/Qwen2.5-VL-7B-Instruct"):
+        key = model_key(name)
+        assert key not in ("", ".", "..") and "/" not in key, name
+    assert model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
+    assert model_key("tiny://qwen") == "tiny-qwen"

@@ -152,4 +152,4 @@ def test_cli_sample(tmp_path, capsys):
     assert main(["data", "sample", f"out={tmp_path}", "seed=2"]) == 0
     assert (tmp_path / "meta_Video_Games.jsonl").is_file()
     assert main(["data", "sample", f"out={tmp_path}", "sed=2"]) == 2
-    assert "unknown option 'sed'" in capsys.readouterr().err
+    assert "unknown key 'sed'" in capsys.readouterr().err

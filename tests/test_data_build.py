@@ -348,10 +348,10 @@ def test_resume_after_kill(server, tmp_path):
 
 
 def test_meta_scan_1m_lines_bounded_rss(tmp_path):
-    from mmpc_rl.data.bench import generate_meta
+    from mmpc_rl.bench.data_scan import generate_meta
 
     path = generate_meta(tmp_path / "meta_Home_and_Kitchen.jsonl", 1_000_000)
-    code = f"from mmpc_rl.data.bench import bench; import json; print(json.dumps(bench({str(path)!r})))"
+    code = f"from mmpc_rl.bench.data_scan import bench; import json; print(json.dumps(bench({str(path)!r})))"
     res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                     check=True).stdout)
     assert res["lines"] == 1_000_000 and res["eligible"] == 800_000

@@ -12,7 +12,7 @@ from mmpc_rl.errors import ConfigError
 
 
 def test_dry_run_writes_every_section(tmp_path, one_thread, capsys):
-    from mmpc_rl.train.benchmark import main
+    from mmpc_rl.bench.cli import main
 
     assert main(["suite=gpu", "dry=true", f"out={tmp_path}"]) == 0  # `mmpc-rl benchmark suite=gpu` routes here
     results = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -44,7 +44,7 @@ def test_dry_run_writes_every_section(tmp_path, one_thread, capsys):
     (["suite=gpu", "dry=maybe"], "bad option"),
 ])
 def test_option_errors_are_one_line(argv, needle):
-    from mmpc_rl.train.gpu_check import parse
+    from mmpc_rl.bench.gpu_check import parse
 
     with pytest.raises(ConfigError, match=needle):
         parse(argv)
@@ -52,7 +52,7 @@ def test_option_errors_are_one_line(argv, needle):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_real_shapes_refuse_a_cpu_machine(tmp_path):
-    from mmpc_rl.train.gpu_check import main
+    from mmpc_rl.bench.gpu_check import main
 
     with pytest.raises(ConfigError, match="dry=true"):
         main(["suite=gpu", f"out={tmp_path}"])

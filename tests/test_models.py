@@ -226,3 +226,25 @@ def test_the_t2i_reward_default_clip_builds_quickgelu(tiny_arch, empty_cache):
     renderer = SimpleNamespace(device=torch.device("cpu"))  # SD3.5 is not what this test is about
     reward = build_reward("sd35_clip", get_task("t2i"), RewardContext(device="cpu", models={"renderer": renderer}))
     assert _activations(reward.fn.embedder.model) == {"QuickGELU"}  # rewards.sd35_clip.clip: ViT-B-32/openai
+
+
+# --------------------------------------------------------------------------------------------- tiny:// names
+def test_schemes_are_registered_from_above_and_unregistered_ones_fail_in_one_line(monkeypatch, tiny_qwen):
+    from mmpc_rl.models import hub
+
+    assert hub.resolve_model_path("tiny://qwen2.5-vl") == str(tiny_qwen)  # mmpc_rl.tiny registered tiny://
+    monkeypatch.delitem(hub.SCHEMES, "tiny")
+    with pytest.raises(ModelLoadError, match=r"tiny:// is not registered .*importing mmpc_rl.tiny registers"):
+        models.load_clip_model("tiny://clip", device="cpu")
+
+
+def test_tiny_names_resolve_in_a_fresh_cli_process(tiny_qwen):
+    """No test fixture has imported anything in that process: the `plan` command's package registers tiny://."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mmpc_rl.cli", "plan", "recipe=demo-t2i", "format=json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["settings"]["trainable_params"] > 0

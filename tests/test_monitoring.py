@@ -34,11 +34,17 @@ def test_instrumented_reward_keeps_name_times_itself_and_records_the_batch():
 
     lengthy.__name__ = "lengthy"
 
-    def render(completions, **_):
-        instrument.log_images("render", [[Image.new("RGB", (2, 2))] * 2 for _ in completions])
-        return [0.5, None]
+    class Render:  # a reward that renders offers its last call's images through media()
+        __name__ = "render_sim"
 
-    render.__name__ = "render_sim"
+        def __call__(self, completions, **_):
+            self.last = [[Image.new("RGB", (2, 2))] * 2 for _ in completions]
+            return [0.5, None]
+
+        def media(self):
+            return {"render": self.last}
+
+    render = Render()
     rec = instrument.CompletionRecorder()
     wrapped = instrument.instrument_rewards([lengthy, render], rec)
     assert [w.__name__ for w in wrapped] == ["lengthy", "render_sim"]
@@ -121,7 +127,7 @@ def test_metrics_logger_drops_replayed_steps_on_resume_and_plots(tmp_path):
 
 
 def test_metrics_jsonl_keeps_non_finite_values_as_strict_json(tmp_path):
-    # issue 13 item 11: NaN was dropped and Infinity written (not JSON); now null plus a `nonfinite` note
+    # NaN was dropped and Infinity written (not JSON); now null plus a `nonfinite` note
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in metrics.jsonl"))
 
@@ -169,7 +175,7 @@ def read_wandb_records(path: Path):
     return out
 
 
-CMDLINE_TOKEN = "hf_GivenOnTheCommandLine0042"  # issue 13 item 13: W&B kept it verbatim (the run's argv)
+CMDLINE_TOKEN = "hf_GivenOnTheCommandLine0042"  # W&B kept it verbatim (the run's argv)
 SECRETS = {"WANDB_API_KEY": "wb-secret-7f3a9c1e5d2b8f4a6c0e9d7b3a1f5c8e2d4b6a9c", "HF_TOKEN": "hf_TopSecretToken4242"}
 
 
@@ -271,7 +277,7 @@ def test_text_to_image_renders_become_an_image_column(tmp_path):
 
 
 def test_wandb_dir_from_the_environment_is_honoured(tmp_path, monkeypatch):
-    # issue 13 item 16: wandb.init(dir=output_dir) overrode the user's WANDB_DIR
+    # wandb.init(dir=output_dir) overrode the user's WANDB_DIR
     import wandb
 
     from mmpc_rl.config import load_recipe

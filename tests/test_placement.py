@@ -26,15 +26,16 @@ def fake_gpus(monkeypatch, *free_gib: float, total_gib: float = 80):
 
 def test_public_shapes_count_the_published_parameter_totals(shapes):
     # Qwen2.5-VL-7B-Instruct: 8.29 B parameters, 72B-Instruct: 73.4 B (model cards / safetensors index)
-    assert shapes[Q7].params / 1e9 == pytest.approx(8.29, rel=0.01)
-    assert shapes[Q72].params / 1e9 == pytest.approx(73.4, rel=0.01)
+    assert shapes[Q7].total_params / 1e9 == pytest.approx(8.29, rel=0.01)
+    assert shapes[Q72].total_params / 1e9 == pytest.approx(73.4, rel=0.01)
     assert (shapes[Q72].layers, shapes[Q72].kv_heads, shapes[Q72].head_dim) == (80, 8, 128)
-    assert 0.9 < shapes[Q72].linear_params / shapes[Q72].params < 0.97  # embeddings + lm_head stay bf16 in 4-bit
+    assert shapes[Q72].source == "built-in"  # the planner's one shape reader, nothing downloaded
+    assert 0.9 < shapes[Q72].linear_params / shapes[Q72].total_params < 0.97  # embeddings + lm_head stay bf16 in 4-bit
 
 
 def test_no_gpu_plans_nothing_and_counts_nothing(monkeypatch):
     fake_gpus(monkeypatch)
-    monkeypatch.setattr(placement, "model_shape", lambda name: pytest.fail("nothing to plan on CPU"))
+    monkeypatch.setattr(placement, "model_shape", lambda name, **_: pytest.fail("nothing to plan on CPU"))
     plan = plan_placement(Q72)
     assert (plan.mode, plan.device_map, plan.max_memory, plan.qlora) == ("cpu", None, None, False)
 
@@ -52,7 +53,7 @@ def test_72b_is_sharded_over_the_node_in_one_process(monkeypatch, shapes, n_gpus
     assert (plan.mode, plan.device_map, plan.qlora) == ("sharded", "auto", False)
     assert sorted(plan.max_memory) == list(range(n_gpus))
     weights = plan.need["weights"]
-    assert weights == shapes[Q72].params * 2
+    assert weights == shapes[Q72].total_params * 2
     assert sum(plan.max_memory.values()) >= weights
     # every GPU keeps room for the batch: its budget is below its free memory by more than the reserve
     share = plan.need["kv_cache"] // n_gpus + plan.need["activations"]
@@ -102,7 +103,7 @@ def test_cqbench_cli_loads_72b_sharded_over_two_gpus(monkeypatch, shapes):
     from mmpc_rl.eval import cqbench
 
     fake_gpus(monkeypatch, 79, 79)
-    monkeypatch.setattr(placement, "model_shape", lambda name: shapes[name])
+    monkeypatch.setattr(placement, "model_shape", lambda name, **_: shapes[name])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     seen = {}
 

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
+from mmpc_rl.bench.plan_anchors import LORA_REGEX, MEASURED_GIB, QWEN7B, anchor_inputs
 from mmpc_rl.plan import activations as act
 from mmpc_rl.plan import choose_layout, image_tokens, model_shape, plan
-from mmpc_rl.plan.anchors import LORA_REGEX, MEASURED_GIB, QWEN7B, anchor_inputs
 from mmpc_rl.plan.memory import candidate_layouts
 from mmpc_rl.plan.shapes import lora_input_dims, lora_params
 
@@ -248,6 +248,53 @@ def test_cli_bad_option_is_one_line(capsys):
     assert rc == 2 and "did you mean 'gpu_gb'" in out.err
     rc, out = run_plan(capsys, "recipe=i2t", "model.name_or_path=someone/uncached")
     assert rc == 2 and "built-in shape table" in out.err and "Traceback" not in out.err
+
+
+def test_the_planner_counts_what_a_reward_declares(capsys, monkeypatch):
+    from mmpc_rl.plan import ModelMemory
+    from mmpc_rl.rewards import REGISTRY, RewardSpec
+
+    def big(task, context=None, params: int = 2**30, device: str | None = None):
+        raise AssertionError("planning builds no reward")
+
+    def memory(options):
+        return (ModelMemory("big (reward)", params=options["params"], activation_bytes=2**31,
+                            device=options["device"]),)
+
+    monkeypatch.setitem(REGISTRY, "big", RewardSpec("big", big, (), memory))
+    base = json.loads(run_plan(capsys, "recipe=i2t", "format=json", *PINNED)[1].out)
+    rc, out = run_plan(capsys, "recipe=i2t", "format=json", "rewards.big.weight=1", *PINNED)
+    result = json.loads(out.out)
+    assert rc == 0 and result["breakdown"]["big (reward)"] == 2.0  # 2**30 parameters in bf16, by its default
+    assert result["peak_gb"] == pytest.approx(base["peak_gb"] + 2.0, abs=0.02)
+    assert "reward" in result["phases"] and "reward" not in base["phases"]  # its 2 GiB of activations per call
+    moved = json.loads(run_plan(capsys, "recipe=i2t", "format=json", "rewards.big.device=cuda:1", *PINNED)[1].out)
+    assert "big (reward)" not in moved["breakdown"] and moved["peak_gb"] == base["peak_gb"]
+    assert "big (reward) on cuda:1: not counted on the policy's GPU" in moved["notes"]
+
+
+def test_the_planner_holds_no_reward_name_or_default():
+    from pathlib import Path
+
+    import mmpc_rl.plan
+    from mmpc_rl.rewards import REGISTRY
+
+    source = " ".join(p.read_text() for p in Path(mmpc_rl.plan.__file__).parent.glob("*.py"))
+    assert [name for name in REGISTRY if name in source] == []
+
+
+def test_base_recipe_states_trls_defaults_for_the_planner(capsys):
+    from omegaconf import OmegaConf
+    from trl import GRPOConfig
+
+    from mmpc_rl.config import recipe_dir
+
+    trainer = OmegaConf.load(recipe_dir() / "base.yaml").trainer
+    fields = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    for key in ("num_generations", "max_completion_length", "beta"):
+        assert trainer[key] == fields[key]
+    rc, out = run_plan(capsys, "recipe=i2t", "trainer.beta=null")
+    assert rc == 2 and "trainer.beta is null" in out.err and "Traceback" not in out.err
 
 
 def test_planner_core_imports_without_trl_or_torch():

@@ -88,6 +88,16 @@ def test_cqbench_run_uses_and_records_the_prompt(tmp_path, monkeypatch, one_thre
     assert saved["config"]["prompt"] == "detailed"
     assert saved["results"]["tiny-qwen2.5-vl"]["i2t"]["prompt"] == "detailed"
     assert caption("detailed") in (tmp_path / "tables.md").read_text()
+    from mmpc_rl.data import load_items
+
+    titles = {it["parent_asin"]: it["title"] for it in load_items("sample", split="cqbench")}
+    rec = json.loads((tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl").read_text().splitlines()[0])
+    assert rec["reference"] == titles[rec["parent_asin"]]  # Task.reference: what the answer is scored against
+
+
+def test_a_task_is_scored_against_the_title_or_the_real_image():
+    item = {"parent_asin": "A1", "title": "Red Toy Car", "image": "/data/A1.jpg"}
+    assert (get_task("i2t").reference(item), get_task("t2i").reference(item)) == ("Red Toy Car", "/data/A1.jpg")
 
 
 # The authors' Gemma-3 title prompt, copied from GAIR-Lab/MMPCBench CQBench/imagine_amazon_data_bench.py

@@ -1,4 +1,4 @@
-"""RecBench against MMRec on the same data (issue 13 item 17): a NaN loss ends that grid point and keeps its best
+"""RecBench against MMRec on the same data : a NaN loss ends that grid point and keeps its best
 result; BM3's linear biases keep PyTorch's default init; BM3's grid order is MMRec's."""
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def test_resumed_run_leaves_a_complete_final_adapter_and_no_pickled_args(runs):
 
 
 def test_a_finished_run_resumed_again_is_a_no_op_that_says_so(runs, tmp_path):
-    # issue 13 item 6: it trained one more step each time and overwrote the final adapter
+    # it trained one more step each time and overwrote the final adapter
     out = runs["killed"]
     state = json.loads((out / "trainer_state.json").read_text())  # RunEnd leaves it beside the final adapter
     assert (state["global_step"], state["max_steps"]) == (4, 4)
@@ -232,7 +232,7 @@ def _finished(root: Path, step: int = 4, final: bool = True) -> Path:
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=1"], True, True),
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=6"], True, False),  # more steps asked: train on
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=2"], True, False),
-    (["trainer.max_steps=4"], True, False),  # no resume asked: a new run over the old one, as before
+    (["trainer.max_steps=4"], True, False),  # no resume asked: a new run over the old one
 ])
 def test_finished_run_check(capsys, tmp_path, extra, final, finished):
     from mmpc_rl.errors import run_cli
@@ -263,7 +263,7 @@ def test_an_explicit_finished_checkpoint_is_a_no_op_too(tmp_path):
 
 
 def test_the_pickled_args_never_exist_in_a_checkpoint_at_any_instant(tmp_path, monkeypatch):
-    # issue 13 item 14: the .bin was replaced in on_save, after the checkpoint was complete on disk; a kill in
+    # the .bin was replaced in on_save, after the checkpoint was complete on disk; a kill in
     # between left it for good. Here the checkpoint is saved and looked at before any callback runs.
     import torch
     from transformers import Trainer, TrainingArguments

@@ -86,9 +86,9 @@ def test_the_readme_example_reward_works_as_written():
     import re
     from pathlib import Path
 
-    from mmpc_rl.config import build_grpo_config
     from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.recipe import load_training_recipe as load_recipe
+    from mmpc_rl.train.trl_config import build_grpo_config
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(# rewards/title_length.py\n.*?)```", readme, re.S).group(1)
@@ -100,3 +100,28 @@ def test_the_readme_example_reward_works_as_written():
     reward = build_reward("title_length", I2T, target=cfg.rewards["title_length"]["target"])
     assert reward(completions=[conv('{"title": "' + "x" * 60 + '"}'), conv('{"title": "' + "x" * 30 + '"}'),
                                conv("no json")]) == [1.0, 0.5, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------- declared memory
+def test_rewards_declare_their_memory_from_their_own_option_defaults():
+    from mmpc_rl.rewards import reward_memory
+
+    (sd,) = reward_memory({"sd35_clip": {"weight": 4.0}})
+    assert reward_memory({"sd35_clip": {"size": 1024, "max_batch": 16, "decode_batch": 4}}) == (sd,)
+    (small,) = reward_memory({"sd35_clip": {"size": 512}})
+    assert small.activation_bytes < sd.activation_bytes and small.params == sd.params
+    assert sd.params * sd.bytes_per_param / 2**30 > 25  # SD3.5-large + CLIP in bf16/fp16
+    # CLIP on another device is its own entry, so the planner counts only what shares the policy's GPU
+    parts = reward_memory({"sd35_clip": {"clip_device": "cuda:1"}})
+    assert [(m.device, m.params < sd.params) for m in parts] == [(None, True), ("cuda:1", True)]
+    (minilm,) = reward_memory({"minilm_cosine": {}})
+    assert (minilm.bytes_per_param, minilm.note) == (4, "")
+    assert "planned at all-MiniLM-L6-v2's size" in reward_memory({"minilm_cosine": {"model": "/m/other"}})[0].note
+    assert reward_memory({"json_format": {}}) == ()
+
+
+def test_a_reward_that_declares_no_memory_is_a_note():
+    from mmpc_rl.rewards import reward_memory
+
+    (undeclared,) = reward_memory({"mmpc_rl.rewards.json_format:score": {}})
+    assert undeclared.params == 0 and "declares no memory" in undeclared.note

@@ -61,7 +61,6 @@ def test_grpo_run_changes_lora_saves_a_reloadable_adapter_and_logs_rewards(tmp_p
 
 def token_fraction_factory(task, context=None, token: str = "a"):
     """Test reward: the fraction of completion characters equal to `token` (dense, so groups always have spread)."""
-
     def reward(completions, **_):
         from mmpc_rl.tasks import completion_text
 

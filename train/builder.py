@@ -8,15 +8,15 @@ import torch
 from datasets import Dataset, Image
 from trl import GRPOTrainer
 
-from mmpc_rl.config import Recipe, build_grpo_config, build_lora_config, save_config
+from mmpc_rl.config import Recipe
 from mmpc_rl.data import load_items
 from mmpc_rl.data.skips import drop_undecodable_images
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.models import load_policy
 from mmpc_rl.plan import device_gb, plan_recipe
-from mmpc_rl.plan.recipe import layout_overrides
-from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards
+from mmpc_rl.plan.recipe import layout_overrides, trainer_value
+from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards, reward_memory
 from mmpc_rl.tasks import Task, get_task
 from mmpc_rl.train.callbacks import (
     CompletionsTable,
@@ -31,6 +31,8 @@ from mmpc_rl.train.callbacks import (
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
+from mmpc_rl.train.run_config import save_config
+from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
@@ -118,13 +120,14 @@ def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
     if gpu_gb is None and not on_gpu(recipe):
         if not open_keys:
             return recipe
-        group = int(recipe.trainer.get("num_generations") or 8)
+        group = int(trainer_value(recipe.trainer, "num_generations"))
         fill = {"per_device_train_batch_size": group, "gradient_accumulation_steps": 1,
                 "gradient_checkpointing": False}
         return recipe.replace(trainer={k: fill[k] for k in open_keys})
     gpu_gb = device_gb() if gpu_gb is None else gpu_gb
     # this trainer keeps QLoRA adapters fp32 and upcasts nothing else (keep_trainable_fp32, build_policy)
-    result = plan_recipe(recipe, gpu_gb, kbit_upcast=False, qlora_fp32_adapters=True)
+    result = plan_recipe(recipe, gpu_gb, models=reward_memory(recipe.rewards), kbit_upcast=False,
+                         qlora_fp32_adapters=True)
     s = result.settings
     if not result.fits:
         fitting = s.get("fitting_layout")

@@ -29,14 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
-from mmpc_rl.config import Recipe, scrub, scrub_argv
+from mmpc_rl.config import Recipe
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, atomic_write_text, read_jsonl
+from mmpc_rl.render import to_pil
+from mmpc_rl.tracking import active_wandb
 from mmpc_rl.train.curves import plot_curves
+from mmpc_rl.train.run_config import scrub, scrub_argv
 
 RUN_ID_FILE = "wandb_run_id.txt"
 TABLE_KEY = "completions_table"
@@ -165,11 +167,8 @@ class CompletionsTable(TrainerCallback):
                 rec[c] = paths
             disk_rows.append(rec)
         atomic_write_jsonl(self.dir / f"step_{step:05d}.jsonl", disk_rows)
-        try:
-            import wandb  # optional: the table is on disk without it
-        except ImportError:
-            return
-        if wandb.run is not None:
+        wandb = active_wandb()  # optional: the table is on disk without it
+        if wandb is not None:
             data = [[*row[:first_img], *[_wandb_image(wandb, imgs) for imgs in row[first_img:]]] for row in rows]
             wandb.log({TABLE_KEY: wandb.Table(columns=columns, data=data), "train/global_step": step})
             # W&B keeps a table's images in a run artifact (outside the run folder when offline); a copy of our
@@ -189,7 +188,7 @@ def _images_of(value) -> list:
     if isinstance(value, Image.Image):
         return [value]
     if isinstance(value, list):
-        return [v if isinstance(v, Image.Image) else _tensor_to_pil(v) for v in value
+        return [v if isinstance(v, Image.Image) else to_pil(v) for v in value
                 if isinstance(v, Image.Image) or getattr(v, "ndim", 0) == 3]
     if isinstance(value, str):
         try:
@@ -198,12 +197,6 @@ def _images_of(value) -> list:
         except OSError:  # an undecodable file shows as an empty cell, never a crash in logging
             return []
     return []
-
-
-def _tensor_to_pil(t):
-    """A CHW float tensor in [0, 1] (a diffusers "pt" render) as a PIL image."""
-    arr = (t.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 def _wandb_image(wandb, imgs: list):
@@ -294,11 +287,8 @@ class RunEnd(TrainerCallback):
         # the state beside the final adapter: a later resume of this output_dir sees the run finished (resume.py)
         atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
         png = plot_curves(out)
-        try:
-            import wandb  # optional: only runs that report to W&B have a run to close
-        except ImportError:
-            return
-        if wandb.run is not None:
+        wandb = active_wandb()  # only runs that report to W&B have a run to close
+        if wandb is not None:
             if png is not None:
                 wandb.log({"reward_curves": wandb.Image(str(png))})
             wandb.finish()
@@ -329,7 +319,7 @@ def init_wandb(recipe: Recipe, args):
     id_file = out / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     os.environ.setdefault("WANDB_PROJECT", wb.project)  # HF's WandbCallback reads it if it ever inits itself
-    if wandb.run is not None:
+    if active_wandb() is not None:
         wandb.finish()
     # W&B records the command line (sys.argv) in the run's metadata: `trainer.hub_token=...` given there would be
     # stored verbatim, so the run starts with the secrets in it redacted, as in config.yaml.
@@ -356,10 +346,7 @@ def log_summary(values: dict[str, float], output_dir: str | Path | None = None) 
         path = Path(output_dir) / "summary.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         atomic_write_text(path, json.dumps({**old, **values}, indent=2) + "\n")
-    try:
-        import wandb  # optional: the summary file above is the record without it
-    except ImportError:
-        return
-    if wandb.run is not None:
+    wandb = active_wandb()  # optional: the summary file above is the record without it
+    if wandb is not None:
         for k, v in values.items():
             wandb.run.summary[k] = v

@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.io import atomic_write_bytes, read_jsonl
+from mmpc_rl.options import parse_options
 
 CURVE_GROUPS = (
     ("reward", ("reward", "rewards/")),

@@ -2,15 +2,13 @@
 
 The wrapper records what the rewards saw in one generation batch (prompt, completion, data columns, every reward's
 scores, and images) in a `CompletionRecorder`; `train.callbacks.CompletionsTable` writes it. Images come from the
-dataset's image columns, from `Reward.media()` (the renders a text->image reward made in its last call), and from
-`log_images(column, images)`, a hook any reward can call with one image (or list of them) per completion.
+dataset's image columns and from `Reward.media()` (the renders a text->image reward made in its last call).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import threading
 import time
 from typing import Any
 
@@ -19,23 +17,6 @@ from PIL import Image
 from mmpc_rl.tasks import completion_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-
-_pending_images: dict[str, list] = {}
-_lock = threading.Lock()
-
-
-def log_images(column: str, images: list) -> None:
-    """Called by a reward: one image (or list of images) per completion for the completions table's `column`."""
-    with _lock:
-        _pending_images[column] = list(images)
-
-
-def _take_images() -> dict[str, list]:
-    with _lock:
-        out = dict(_pending_images)
-        _pending_images.clear()
-    return out
-
 
 def _text(x: Any) -> str:
     if isinstance(x, list) and x and isinstance(x[0], dict) and "role" in x[0]:
@@ -101,7 +82,7 @@ def _wrap(reward, recorder):
     def after(t0, kwargs, prompts, completions, scores):
         if kwargs.get("log_metric") is not None:
             kwargs["log_metric"](f"timing/reward/{name}", time.perf_counter() - t0)
-        images = {**_media_of(reward), **_take_images()}
+        images = _media_of(reward)
         if recorder is not None:
             state = kwargs.get("trainer_state")
             columns = {k: v for k, v in kwargs.items() if k not in ("trainer_state", "log_extra", "log_metric")}

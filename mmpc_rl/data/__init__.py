@@ -25,7 +25,6 @@ def default_cache_dir() -> Path:
 
 def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict]:
     """Items of one split from a `mmpc-rl data build` output folder."""
-
     built = sorted(json.loads((out / "summary.json").read_text())["categories"])
     cats = built if categories is None else resolve_categories(out, categories)
     items = []
@@ -70,7 +69,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
     `mmpc-rl data build`. The train and cqbench splits never share an item; with the default
     `cqbench_population=filtered` every cqbench item is also a recbench item.
     """
-
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -98,7 +96,6 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
 def build_cached(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
     """Build a raw folder once per (source, categories, seed, text field, CQBench population, pipeline version);
     later calls reuse the output."""
-
     population = DEFAULTS["cqbench_population"]
     key = json.dumps([str(source), cats, seed, text_field, population, PIPELINE_VERSION])
     out = cache / "built" / hashlib.sha1(key.encode()).hexdigest()[:16]

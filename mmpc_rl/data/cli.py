@@ -6,10 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.data.build import DEFAULTS, build
 from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.options import parse_options
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
          "       mmpc-rl data build source=DIR|hub out=DIR [categories=[...]] [cqbench_per_category=1000] "
@@ -23,7 +23,7 @@ def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...]
     schema = dataclasses.make_dataclass("Options", [
         (k, typed.get(type(v), Any) | None if v is None or type(v) not in typed else typed[type(v)],
          dataclasses.field(default=v)) for k, v in valid.items()])
-    opts = dataclasses.asdict(parse_options(schema, argv, command, noun="option"))
+    opts = dataclasses.asdict(parse_options(schema, argv, command))
     for key in required:
         if opts.get(key) in (None, ""):
             raise ConfigError(f"{key}= is required\n{USAGE}")

@@ -1,7 +1,7 @@
 """The one loading face for every model kind: `from mmpc_rl.models import load_...`.
 
 - names: a hub id (local HF cache first, the network only when the hub answers), a local folder or file, or
-  `tiny://NAME` (built in-process) -- hub.py;
+  `scheme://NAME` (`tiny://NAME` once mmpc_rl.tiny registers it) -- hub.py;
 - placement: what `device=None` / `dtype=None` mean for each kind -- placement.py;
 - one per-process cache keyed on (kind, resolved source, device, dtype, options) -- cache.py; every loader below
   but the policy's goes through it, so the reward and CQBench share one SD3.5 and one CLIP;
@@ -22,7 +22,7 @@ from mmpc_rl.models.cache import cache_key, cached, cached_keys, clear_cache
 from mmpc_rl.models.hub import MINILM_IDS, hub_reachable, resolve_model_path, resolve_sentence_model, source_key
 from mmpc_rl.models.placement import placement, policy_dtype, resolve_device, resolve_dtype, torch_dtype
 from mmpc_rl.models.policy import bnb_config, load_policy, load_processor, model_init_kwargs
-from mmpc_rl.models.shapes import build_qwen25_vl_7b, qwen25_vl_7b_config
+from mmpc_rl.models.qwen25_vl import build_qwen25_vl_7b, qwen25_vl_7b_config
 from mmpc_rl.models.text import KNOWN_BERTSCORE_LAYERS
 from mmpc_rl.models.vision import build_lpips_net, load_open_clip
 

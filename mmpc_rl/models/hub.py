@@ -1,23 +1,45 @@
-"""Where a model name points: a hub id, a local folder or `tiny://NAME`, with clear errors when offline.
+"""Where a model name points: a hub id, a local folder or `scheme://NAME`, with clear errors when offline.
 
 No machine of ours can download a model, and a user's cluster often cannot either; so a hub id is first looked up
 in the local HF cache, and only then fetched if the hub answers, and otherwise fails at once with one line that says
 what to do (instead of ~45 s of retries and a stack of library frames).
+
+`scheme://NAME` names go to the resolver registered for the scheme (`register_scheme`) by the layer that provides
+those models: `mmpc_rl.tiny` registers `tiny://` when imported. This loader imports nothing above it.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from huggingface_hub import snapshot_download
 
-from mmpc_rl import tiny
 from mmpc_rl.errors import ModelLoadError
 
 MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+# scheme -> function turning "scheme://NAME" into a local folder
+SCHEMES: dict[str, Callable[[str], str]] = {}
+
+
+def register_scheme(scheme: str, resolve: Callable[[str], str]) -> None:
+    SCHEMES[scheme] = resolve
+
+
+def resolve_scheme(name_or_path) -> str:
+    """The local folder of a `scheme://NAME` reference, through its registered resolver; any other name unchanged."""
+    name = str(name_or_path)
+    scheme, sep, _ = name.partition("://")
+    if not sep:
+        return name
+    if scheme not in SCHEMES:
+        registered = ", ".join(f"{s}://" for s in SCHEMES) or "none"
+        raise ModelLoadError(f"no loader for {name!r}: {scheme}:// is not registered (registered: {registered}; "
+                             "importing mmpc_rl.tiny registers tiny://, as train/, eval/ and rewards/ do)")
+    return SCHEMES[scheme](name)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -32,11 +54,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: str = "model") -> str:
-    """A local folder for NAME_OR_PATH: an existing folder as is, `tiny://NAME` built in-process, a hub id from the
-    local cache, or downloaded when the hub is reachable. Raises ModelLoadError with a one-line fix otherwise."""
+    """A local folder for NAME_OR_PATH: an existing folder as is, `scheme://NAME` (e.g. `tiny://NAME`, built
+    in-process) through its resolver, a hub id from the local cache, or downloaded when the hub is reachable. Raises
+    ModelLoadError with a one-line fix otherwise."""
     name_or_path = str(name_or_path)
-    if name_or_path.startswith("tiny://"):
-        return tiny.resolve(name_or_path)
+    if "://" in name_or_path:
+        return resolve_scheme(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -78,11 +101,11 @@ def resolve_sentence_model(name_or_path: str) -> str:
 
 
 def source_key(name_or_path) -> str:
-    """The cache key of a model source without touching the network: `tiny://NAME` -> its built folder, an existing
+    """The cache key of a model source without touching the network: `scheme://NAME` -> its folder, an existing
     path -> its absolute form (so `./m` and `/abs/m` share one copy), anything else (a hub id, an open_clip tag, a
     timm name) as given."""
     name = str(name_or_path)
-    if name.startswith("tiny://"):
-        return tiny.resolve(name)
+    if "://" in name:
+        return resolve_scheme(name)
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name

@@ -1,7 +1,8 @@
 """Device and dtype rules for every model kind, in one place: what `device=None` and `dtype=None`/"auto" mean.
 
 - device None: CUDA when present, else CPU; except BERTScore and LPIPS, which default to the CPU (LPIPS is fed CPU
-  tensors by `LpipsMetric`; BERTScore has always defaulted there and a caller passes `device=` to move it).
+  tensors by `LpipsMetric`; BERTScore stays off the GPU the policy trains on, and a caller passes `device=` to move
+  it; the memory planner counts it there).
 - dtype None/"auto": SD3.5 bf16 on CUDA (its released weights; the VAE and T5 overflow in fp16), CLIP fp16 on CUDA
   (what openai's `clip.load` does there), everything else fp32; every kind is fp32 on the CPU, which lacks fast
   half-precision kernels.

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from mmpc_rl import tiny
 from mmpc_rl.errors import ModelLoadError
-from mmpc_rl.models.hub import hub_reachable
+from mmpc_rl.models.hub import hub_reachable, resolve_scheme
 
 
 def _first_line(e: Exception) -> str:
@@ -28,7 +27,7 @@ def build_sd3_pipeline(name_or_path: str, dtype: torch.dtype) -> Any:
     """StableDiffusion3Pipeline from `tiny://sd3`, a local folder (model_index.json) or a hub id (cache or network)."""
     from diffusers import StableDiffusion3Pipeline
 
-    source = tiny.resolve(name_or_path)
+    source = resolve_scheme(name_or_path)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -122,7 +121,7 @@ def load_open_clip(name_or_path: str, arch: str | None = None) -> Any:
     QuickGELU-trained weights (OpenAI's) always get a QuickGELU network, on every route."""
     import open_clip
 
-    source = tiny.resolve(name_or_path)
+    source = resolve_scheme(name_or_path)
     path = Path(source).expanduser()
     try:
         if path.is_dir():

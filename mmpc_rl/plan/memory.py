@@ -23,12 +23,30 @@ LOGPROB_TOKENS, LOGPROB_VOCAB = 4096, 32768
 
 
 @dataclass(frozen=True)
-class RewardModel:
-    """A model a reward (or the CQBench callback) keeps on the policy's GPU: resident bytes and a transient peak."""
+class ModelMemory:
+    """A frozen model beside the policy (a reward's, a CQBench scorer): what the planner adds for it. Rewards declare
+    theirs (`memory(options)` on their registry entry, rewards/registry.py) and train/ hands them to the planner, which
+    knows no reward."""
 
-    name: str
-    resident_gb: float
-    transient_gb: float = 0.0
+    name: str  # its line in the breakdown
+    params: int = 0
+    bytes_per_param: int = 2  # 2: bf16/fp16 weights, 4: fp32
+    resident_bytes: int = 0  # what else stays between calls (caches)
+    activation_bytes: int = 0  # the peak of one call, freed after it
+    device: str | None = None  # where it runs: None, "auto", "cuda" and "cuda:0" are the policy's GPU
+    note: str = ""  # what the figures leave out, printed with the plan
+
+    @property
+    def resident_gb(self) -> float:
+        return (self.params * self.bytes_per_param + self.resident_bytes) / GIB
+
+    @property
+    def transient_gb(self) -> float:
+        return self.activation_bytes / GIB
+
+    @property
+    def on_policy_gpu(self) -> bool:
+        return str(self.device or "cuda") in ("auto", "cuda", "cuda:0")
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,10 @@ class PlanInputs:
     beta: float = 0.0
     padded: bool = True  # completions of different lengths: a padding mask reaches attention
     device: str = "cuda"
-    rewards: tuple[RewardModel, ...] = ()
-    cqbench: RewardModel | None = None
-    eval_batch: int = 0
+    rewards: tuple[ModelMemory, ...] = ()  # the rewards' models on the policy's GPU
+    eval_batch: int = 0  # CQBench's generation batch; 0: no CQBench during training
     eval_new_tokens: int = 0
+    eval_models: tuple[ModelMemory, ...] = ()  # CQBench's scorers on the policy's GPU
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -170,10 +188,10 @@ def plan(inputs: PlanInputs, gpu_gb: float | None = None) -> Plan:
     phases["train step"] = train
     if inputs.rewards and any(r.transient_gb for r in inputs.rewards):
         phases["reward"] = {r.name + " (transient)": r.transient_gb for r in inputs.rewards if r.transient_gb}
-    if inputs.cqbench is not None:
+    if inputs.eval_batch:
         ekv = inputs.eval_batch * (inputs.prompt_text_tokens + inputs.image_tokens + inputs.eval_new_tokens)
         phases["cqbench"] = {"CQBench KV cache": _gb(ekv * s.layers * 2 * s.kv_dim * act.BF16),
-                             inputs.cqbench.name: inputs.cqbench.resident_gb + inputs.cqbench.transient_gb}
+                             **{m.name: m.resident_gb + m.transient_gb for m in inputs.eval_models}}
 
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
     worst = max(totals, key=totals.get)

@@ -1,17 +1,17 @@
 """Where CQBench puts a frozen model: one copy per process, one process sharded over the node's GPUs, or 4-bit.
 
-The paper's six-model run includes Qwen2.5-VL-72B (~147 GB of bf16 weights), which fits no single GPU; loading one
-full copy per rank (what `eval_device_map` did) cannot finish. `plan_placement` counts the model's parameters on the
-meta device from its config (built-in public shapes for the Qwen2.5-VL sizes, so no download is needed to plan),
-adds the eval batch's KV cache and activations, and picks, in this order:
+The paper's six-model run includes Qwen2.5-VL-72B (~147 GB of bf16 weights), which fits no single GPU, so one full
+copy per rank cannot finish. `plan_placement` takes the model's shape from the planner's one reader
+(mmpc_rl.plan.shapes: parameters counted on the meta device, the Qwen2.5-VL-7B/72B shapes built in so no download is
+needed to plan), adds the eval batch's KV cache and activations, and picks, in this order:
 
-1. `per_rank`: weights + batch fit this process's GPU -> the whole model on cuda:<local_rank> (as before);
+1. `per_rank`: weights + batch fit this process's GPU -> the whole model on cuda:<local_rank>;
 2. `sharded`: one process and 2+ GPUs whose free memory holds it together -> `device_map="auto"` with a
    `max_memory` budget per GPU that leaves room for that GPU's share of the batch;
 3. `4bit`: NF4 weights (the authors' loading) fit this process's GPU -> load 4-bit there;
 4. otherwise a ModelLoadError that says how much is needed and what is visible.
 
-On a machine without GPUs nothing is planned (`cpu`: no device_map, as before). Tests fake `devices()`.
+On a machine without GPUs nothing is planned (`cpu`: no device_map). Tests fake `devices()`.
 """
 
 from __future__ import annotations
@@ -20,22 +20,13 @@ import os
 from dataclasses import dataclass, field
 
 from mmpc_rl.errors import ModelLoadError
-from mmpc_rl.models.hub import resolve_model_path
-from mmpc_rl.models.shapes import qwen25_vl_7b_config
-from mmpc_rl.plan.shapes import _Ids
+from mmpc_rl.plan.memory import GIB, NF4_BYTES
+from mmpc_rl.plan.shapes import ModelShape, model_shape
 
-GIB = 1024**3
 RESERVE_BYTES = 2 * GIB  # CUDA context + allocator slack per GPU
-NF4_BYTES_PER_PARAM = 4.127 / 8  # NF4 + double-quantised absmax per 64-block (bitsandbytes)
 PATCH = 28  # Qwen2.5-VL: 14-px patches merged 2x2 -> one token per 28x28 pixels
 DEFAULT_IMAGE_PIXELS = 1024 * PATCH * PATCH  # an upper estimate for catalog photos when max_pixels is unset
 TEXT_PROMPT_TOKENS = 256
-
-# Public config.json numbers of Qwen/Qwen2.5-VL-72B-Instruct, on the 7B's config (mmpc_rl.models.shapes: the one
-# definition of that shape; the vision tower is the same in every size).
-QWEN_72B_TEXT = {"hidden_size": 8192, "num_hidden_layers": 80, "intermediate_size": 29568, "num_attention_heads": 64,
-                 "num_key_value_heads": 8, "vocab_size": 152064}
-KNOWN_SHAPES = ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-72B-Instruct")
 
 
 @dataclass(frozen=True)
@@ -55,18 +46,6 @@ def devices() -> list[Device]:
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    params: int  # all parameters
-    linear_params: int  # those in nn.Linear layers bitsandbytes quantises (lm_head excluded)
-    layers: int
-    kv_heads: int
-    head_dim: int
-    hidden: int
-    intermediate: int
-    vocab: int
-
-
-@dataclass(frozen=True)
 class Placement:
     mode: str  # cpu | per_rank | sharded | 4bit
     device_map: dict | str | None = None
@@ -74,42 +53,6 @@ class Placement:
     qlora: bool = False
     note: str = ""
     need: dict = field(default_factory=dict)
-
-
-def model_config(name_or_path: str):
-    """A transformers config for NAME: built from KNOWN_SHAPES, else read from the local folder / HF cache."""
-    if name_or_path in KNOWN_SHAPES:
-        config = qwen25_vl_7b_config(_Ids())
-        if "72B" in name_or_path:
-            d = config.to_dict()
-            d["text_config"].update(QWEN_72B_TEXT)
-            d["text_config"].pop("layer_types", None)  # derived from the layer count: rebuilt for 80 layers
-            d["vision_config"]["out_hidden_size"] = QWEN_72B_TEXT["hidden_size"]
-            config = type(config).from_dict(d)
-        return config
-    from transformers import AutoConfig  # planning a local or cached checkpoint only
-
-    return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
-
-
-def model_shape(name_or_path: str) -> ModelShape:
-    """Parameter counts from a model built on the meta device (no memory, a few seconds for 72B)."""
-    import torch
-    from torch import nn
-    from transformers import AutoModelForImageTextToText
-
-    config = model_config(name_or_path)
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
-    out = model.get_output_embeddings()
-    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not out)
-    text = config.get_text_config()
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return ModelShape(params=sum(p.numel() for p in model.parameters()), linear_params=linear,
-                      layers=text.num_hidden_layers, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-                      head_dim=head_dim, hidden=text.hidden_size, intermediate=text.intermediate_size,
-                      vocab=text.vocab_size)
 
 
 def batch_bytes(shape: ModelShape, *, batch_size: int, prompt_tokens: int, max_new_tokens: int,
@@ -140,10 +83,10 @@ def plan_placement(name_or_path: str, *, dtype: str = "bfloat16", qlora: bool = 
     rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
     if rank >= len(gpus):
         raise ModelLoadError(f"process {rank} of {world} has no GPU: {len(gpus)} visible")
-    shape = shape or model_shape(name_or_path)
+    shape = shape or model_shape(name_or_path, fetch=True)
     dtype_bytes = 4 if dtype == "float32" else 2
-    full = shape.params * dtype_bytes
-    nf4 = int(shape.linear_params * NF4_BYTES_PER_PARAM + (shape.params - shape.linear_params) * 2)
+    full = shape.total_params * dtype_bytes
+    nf4 = int(shape.linear_params * NF4_BYTES + (shape.total_params - shape.linear_params) * 2)
     kv, act = batch_bytes(shape, batch_size=batch_size, prompt_tokens=prompt_tokens(max_pixels),
                           max_new_tokens=max_new_tokens)
     need = {"weights": full, "weights_4bit": nf4, "kv_cache": kv, "activations": act}
@@ -175,6 +118,6 @@ def shard_budget(gpus: list[Device], shape: ModelShape, full: int, kv: int, act:
     budget = {g.index: max(g.free_bytes - RESERVE_BYTES - kv // len(gpus) - act, 0) for g in gpus}
     # accelerate packs whole modules: each GPU may end up to a decoder layer short, and the first GPU keeps room for
     # the largest module (the embedding)
-    embed = shape.vocab * shape.hidden * (full // shape.params)
+    embed = shape.vocab * shape.hidden * (full // shape.total_params)
     slack = embed + len(gpus) * (full - 2 * embed) // shape.layers
     return budget if sum(budget.values()) >= full + slack else None

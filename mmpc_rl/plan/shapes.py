@@ -3,6 +3,7 @@ allocated or downloaded), the text decoder's widths, and the image processor's t
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -94,23 +95,33 @@ def image_tokens(shape: ModelShape, height: int, width: int, min_pixels: int | N
 
 
 # ----------------------------------------------------------------------------------------------- resolving
-class _Ids:
-    """Stand-in tokenizer for a built-in config: special-token ids do not change any parameter count."""
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return 151643 + hash(token) % 10
+# Qwen2.5-VL-72B-Instruct's public config.json numbers that differ from the 7B's (the vision tower is the same in every
+# size but for its output width).
+QWEN_72B_TEXT = {"hidden_size": 8192, "num_hidden_layers": 80, "intermediate_size": 29568, "num_attention_heads": 64,
+                 "num_key_value_heads": 8, "vocab_size": 152064}
 
 
 def _qwen25_vl_7b():
-    from mmpc_rl.models.shapes import qwen25_vl_7b_config  # torch-free until called: the planner imports without torch
+    from mmpc_rl.models.qwen25_vl import qwen25_vl_7b_config  # here: the planner imports without torch
 
-    return qwen25_vl_7b_config(_Ids())
+    return qwen25_vl_7b_config()
+
+
+def _qwen25_vl_72b():
+    config = _qwen25_vl_7b()
+    d = config.to_dict()
+    d["text_config"].update(QWEN_72B_TEXT)
+    d["text_config"].pop("layer_types", None)  # derived from the layer count: rebuilt for 80 layers
+    d["vision_config"]["out_hidden_size"] = QWEN_72B_TEXT["hidden_size"]
+    return type(config).from_dict(d)
 
 
 # Tiny models whose shape is another's: the SFT demo policy is tiny qwen2.5-vl after a few training steps, so the
 # planner reads the random one's config instead of running the SFT build.
 SAME_SHAPE = {"tiny://qwen2.5-vl-sft": "tiny://qwen2.5-vl"}
-BUILT_IN = {"Qwen/Qwen2.5-VL-7B-Instruct": _qwen25_vl_7b, "Qwen/Qwen2.5-VL-7B": _qwen25_vl_7b}
+# Published shapes planned without a download (the paper's policies; CQBench's largest model).
+BUILT_IN = {"Qwen/Qwen2.5-VL-7B-Instruct": _qwen25_vl_7b, "Qwen/Qwen2.5-VL-7B": _qwen25_vl_7b,
+            "Qwen/Qwen2.5-VL-72B-Instruct": _qwen25_vl_72b}
 
 
 def _cached_config_dir(repo_id: str, revision: str | None) -> str | None:
@@ -123,32 +134,35 @@ def _cached_config_dir(repo_id: str, revision: str | None) -> str | None:
     return str(Path(hit).parent) if isinstance(hit, str) else None
 
 
-def model_shape(model, revision: str | None = None) -> ModelShape:
+def model_shape(model, revision: str | None = None, *, fetch: bool = False) -> ModelShape:
     """The shape of `model`: a transformers config object, `tiny://NAME`, a local folder, a cached hub id or (never
-    downloaded) an id in the built-in table."""
+    downloaded) an id in the built-in table. Any other hub id is refused, or with `fetch` downloaded as the loader
+    would (CQBench plans a model it is about to load anyway)."""
     if not isinstance(model, str):
         return _shape_from_config(model, getattr(model, "name_or_path", "") or type(model).__name__, "config")
-    return _shape_by_name(model, revision)
+    return _shape_by_name(model, revision, fetch)
 
 
 @lru_cache(maxsize=16)
-def _shape_by_name(name: str, revision: str | None) -> ModelShape:
+def _shape_by_name(name: str, revision: str | None, fetch: bool) -> ModelShape:
     from transformers import AutoConfig
+
+    from mmpc_rl.models import resolve_model_path
 
     folder, source = None, "config"
     if name.startswith("tiny://"):
-        from mmpc_rl.models import resolve_model_path
-
         folder = resolve_model_path(SAME_SHAPE.get(name, name))
     elif Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
     else:
         folder = _cached_config_dir(name, revision)
-    if folder is None:
-        if name not in BUILT_IN:
-            raise ModelLoadError(f"cannot plan {name!r}: it is not a local folder, not in the Hugging Face cache and "
-                                 f"not in the built-in shape table ({', '.join(BUILT_IN)}); give a local folder")
+    if folder is None and name in BUILT_IN:
         return _shape_from_config(BUILT_IN[name](), name, "built-in")
+    if folder is None and fetch:
+        folder = resolve_model_path(name, revision=revision)  # a download, or the loader's one-line error offline
+    if folder is None:
+        raise ModelLoadError(f"cannot plan {name!r}: it is not a local folder, not in the Hugging Face cache and "
+                             f"not in the built-in shape table ({', '.join(BUILT_IN)}); give a local folder")
     try:
         cfg = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:
@@ -158,8 +172,6 @@ def _shape_by_name(name: str, revision: str | None) -> ModelShape:
 
 
 def _pixel_bounds(folder: str) -> tuple[int, int] | None:
-    import json
-
     # transformers 5 saves the processor as processor_config.json (image processor nested), older checkpoints as
     # preprocessor_config.json
     for file in ("processor_config.json", "preprocessor_config.json"):

@@ -98,7 +98,6 @@ def validate(cfg: RecBenchConfig) -> None:
 def resolve_data_dir(cfg: RecBenchConfig) -> Path:
     """A folder of <Category>/recbench/; "sample" or a raw Amazon-2023 folder is built once through the data
     pipeline into the same cache `load_items` uses, so CQBench and RecBench see the same sample items."""
-
     cache = default_cache_dir()
     source = resolve_source(cfg.data_dir, cache)
     if not source.is_dir():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmpc_rl.config import parse_options
+from mmpc_rl.options import parse_options
 from mmpc_rl.recbench.bench import RecBenchConfig, run
 from mmpc_rl.recbench.conditions import COVERAGE_FLOOR
 

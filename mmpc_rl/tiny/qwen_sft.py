@@ -24,7 +24,6 @@ LR = 3e-3
 def _examples(processor, items: list[dict]):
     from PIL import Image
 
-
     task = get_task("i2t")
     out = []
     for it in items:
@@ -44,7 +43,6 @@ def _examples(processor, items: list[dict]):
 
 def build(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
-
 
     torch.manual_seed(seed)
     processor = qwen.build_processor()

@@ -1,16 +1,17 @@
 """`mmpc-rl plan recipe=NAME [gpu_gb=80] [image_px=500] [prompt_tokens=N] [format=text|json] [key=value ...]`:
 the predicted peak GPU memory of one GRPO step of a recipe, with its breakdown and whether it fits. Nothing is
-loaded or downloaded: the model is counted on the meta device. Planner options are split out first; every other
-key=value overrides the recipe, as for `mmpc-rl train`."""
+loaded or downloaded: the model is counted on the meta device, and the rewards' models from what each reward
+declares. Planner options are split out first; every other key=value overrides the recipe, as for `mmpc-rl train`."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.options import parse_options
 from mmpc_rl.plan import plan_recipe
+from mmpc_rl.rewards import reward_memory
 from mmpc_rl.train.recipe import load_training_recipe
 
 
@@ -40,13 +41,14 @@ def render_text(result, recipe_name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True, noun="option")
+    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True)
     if opts.format not in ("text", "json"):
         raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
     if opts.gpu_gb <= 0:
         raise ConfigError(f"gpu_gb must be positive, got {opts.gpu_gb}")
     recipe = load_training_recipe(rest)
-    result = plan_recipe(recipe, opts.gpu_gb, image_px=opts.image_px, prompt_tokens=opts.prompt_tokens)
+    result = plan_recipe(recipe, opts.gpu_gb, models=reward_memory(recipe.rewards), image_px=opts.image_px,
+                         prompt_tokens=opts.prompt_tokens)
     if opts.format == "json":
         print(json.dumps(result.as_dict()))
     else:

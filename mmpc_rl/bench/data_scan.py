@@ -1,5 +1,5 @@
 """A generated meta file of N lines (realistic shape, ~10% ineligible) and a timed scan: `python -m
-mmpc_rl.data.bench [lines] [path]` prints lines/s and the peak RSS of the parse + filter pass."""
+mmpc_rl.bench.data_scan [lines] [path]` prints lines/s and the peak RSS of the parse + filter pass."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     mmpc-rl benchmark recipe=i2t shape=real steps=5 new_tokens=128           # one GPU: Qwen2.5-VL-7B shape, G=16
     mmpc-rl benchmark recipe=i2t shape=tiny steps=3 new_tokens=16 num_generations=4 rewards=stub   # CPU, seconds
-    python train/benchmark.py recipe=i2t arms=[project] model.compiled_decoding=false lora.r=8 out=outputs/bench-r8
+    python -m mmpc_rl.bench.cli recipe=i2t arms=[project] model.compiled_decoding=false lora.r=8 out=outputs/bench-r8
 
 Options: recipe, steps, warmup, shape=real|tiny, arms=[project,plain], new_tokens, num_generations, image_size,
 rewards=recipe|stub, out, seed; any recipe key as section.key=value (speed settings are recipe keys, e.g.
@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
+from mmpc_rl.bench.grpo_options import parse_bench_options, ratios
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.io import atomic_write_json
-from mmpc_rl.train.bench_options import parse_bench_options, ratios
 from mmpc_rl.train.recipe import load_training_recipe
 
 
@@ -50,26 +50,26 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(arg.split("=", 1)[0] == "suite" for arg in argv):  # the one-shot GPU check (train/gpu_check.py)
-        from mmpc_rl.train import gpu_check
+    if any(arg.split("=", 1)[0] == "suite" for arg in argv):  # the one-shot GPU check (mmpc_rl/bench/gpu_check.py)
+        from mmpc_rl.bench import gpu_check
 
         return gpu_check.main(argv)
     opts, overrides = parse_bench_options(argv)
-    recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # fails here, before the heavy imports
+    recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # a bad recipe fails before a model loads
     if recipe.task != "i2t":
         raise ConfigError(f"the benchmark runs image->text recipes; recipe {opts.recipe!r} is task {recipe.task!r}")
 
     import torch  # after the recipe checks: torch + the model stack cost seconds
 
+    from mmpc_rl.bench import grpo_arms as bench
     from mmpc_rl.models import torch_dtype
     from mmpc_rl.rewards import RewardContext, build_rewards
     from mmpc_rl.tasks import get_task
-    from mmpc_rl.train import speed as bench
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if opts.shape == "real" and device == "cpu":
         raise ConfigError("shape=real builds Qwen2.5-VL-7B's 8.3B parameters: run it on a GPU; on CPU use shape=tiny")
-    group = int(opts.num_generations or recipe.trainer.get("num_generations") or 8)
+    group = int(opts.num_generations or recipe.trainer["num_generations"])
     dtype = torch_dtype(recipe.model.dtype if device == "cuda" and recipe.model.dtype != "auto" else "float32")
     options = {**dataclasses.asdict(opts), "overrides": overrides}
     path = Path(opts.out) / "benchmark.json"

@@ -12,20 +12,20 @@ import platform
 import statistics
 import time
 
-from mmpc_rl.config import Recipe, build_lora_config
+from mmpc_rl.bench.grpo_options import ALGORITHM_KEYS, BenchOptions
+from mmpc_rl.config import Recipe
 from mmpc_rl.models import build_qwen25_vl_7b
 from mmpc_rl.rewards import Reward, RewardSet
 from mmpc_rl.tiny.qwen import build_model as tiny_model
 from mmpc_rl.tiny.qwen import build_processor as tiny_processor
-from mmpc_rl.train.bench_options import ALGORITHM_KEYS, BenchOptions
 from mmpc_rl.train.builder import build_trainer, task_rows
+from mmpc_rl.train.trl_config import build_lora_config
 
 
 # ------------------------------------------------------------------------------------------------ model and data
 def build_processor(shape: str):
     """The tiny in-process tokenizer; for shape=real, the image processor at the real model's pixel bounds."""
     from transformers import Qwen2VLImageProcessor
-
 
     processor = tiny_processor()
     if shape == "real":
@@ -36,7 +36,6 @@ def build_processor(shape: str):
 
 def build_model(shape: str, processor, *, device: str, dtype, seed: int = 0):
     """A random-weight policy in the requested shape, SDPA attention, on `device` in `dtype`."""
-
     if shape == "tiny":
 
         return tiny_model(len(processor.tokenizer), seed=seed).to(device=device, dtype=dtype)
@@ -48,7 +47,6 @@ def synthetic_dataset(task, n: int, image_size: int, seed: int = 0):
     import numpy as np
     from datasets import Dataset, Image
     from PIL import Image as PILImage
-
 
     rng = np.random.default_rng(seed)
     titles = ["Stainless Steel Insulated Water Bottle 24oz", "Wireless Gaming Controller for PC, Black"]

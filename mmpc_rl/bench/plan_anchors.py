@@ -1,6 +1,6 @@
 """The two H100 anchors the planner is held to, with the settings they were measured under.
 
-`python -m mmpc_rl.plan.anchors` prints planned vs measured peak for each.
+`python -m mmpc_rl.bench.plan_anchors` prints planned vs measured peak for each.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from mmpc_rl.plan.shapes import image_tokens, model_shape
 
 QWEN7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-# ../shared/tools/gpu_anchor.py on one H100 80GB, torch.cuda.max_memory_allocated() / 2**30
+# measured on one H100 80GB by a plain-TRL script (gpu_anchor.py, kept with the project's shared tools, not in this
+# repository; its settings are in anchor_inputs below): torch.cuda.max_memory_allocated() / 2**30
 MEASURED_GIB = {"bf16": 22.9, "qlora": 11.5}
 
 

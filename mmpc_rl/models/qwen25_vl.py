@@ -1,4 +1,5 @@
-"""Qwen2.5-VL-7B-Instruct's architecture, the one definition the benchmark and the speed harness build from.
+"""Qwen2.5-VL-7B-Instruct's published architecture: the one definition the memory planner counts (mmpc_rl.plan.shapes)
+and the benchmark and speed harness build random weights from.
 
 With random weights it has the real model's compute and memory (8,292,166,656 parameters on the meta device,
 the published checkpoint's count; tests/test_benchmark.py checks it) and needs no download. transformers' Qwen2.5-VL
@@ -9,12 +10,17 @@ from __future__ import annotations
 
 import torch
 
+# The special-token ids of the published checkpoint (its config.json and tokenizer), for a config built without one.
+QWEN_TOKEN_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+                  "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
 
-def qwen25_vl_7b_config(tokenizer):
-    """Qwen2.5-VL-7B-Instruct's published architecture, with this tokenizer's special-token ids."""
+
+def qwen25_vl_7b_config(tokenizer=None):
+    """Qwen2.5-VL-7B-Instruct's published architecture, with this tokenizer's special-token ids (None: the
+    checkpoint's own)."""
     from transformers import Qwen2_5_VLConfig
 
-    tid = tokenizer.convert_tokens_to_ids
+    tid = tokenizer.convert_tokens_to_ids if tokenizer is not None else QWEN_TOKEN_IDS.__getitem__
     text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},

@@ -14,12 +14,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from mmpc_rl.config import ModelConfig, parse_options
+from mmpc_rl.config import ModelConfig
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.eval.generate import generate_batch, length_sorted_batches
 from mmpc_rl.io import atomic_write_json
 from mmpc_rl.models import build_qwen25_vl_7b, load_policy, load_processor, resolve_device, resolve_dtype
+from mmpc_rl.options import parse_options
 from mmpc_rl.tasks import get_task
 
 
@@ -51,7 +52,6 @@ def load(cfg: SpeedConfig):
 def measure(model, processor, items: list[dict], batch_size: int, max_new_tokens: int) -> dict:
     import torch
 
-
     task = get_task("i2t")
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # every item generates the full budget
@@ -76,8 +76,7 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-
-    cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed", noun="option")
+    cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed")
     pool = load_items(cfg.data, split="cqbench")
     if not pool:
         raise ConfigError(f"no items in {cfg.data}")

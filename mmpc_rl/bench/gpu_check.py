@@ -1,18 +1,19 @@
-"""One GPU check: the issue-12 speed figures in one run, random weights at the real shapes, nothing downloaded.
+"""One GPU check: every GPU speed figure of docs/benchmark.md in one run, random weights at the real shapes, nothing
+downloaded.
 
     mmpc-rl benchmark suite=gpu out=outputs/gpu-check          # one H100/H200; bench/gpu_check.sh wraps it
     mmpc-rl benchmark suite=gpu dry=true out=/tmp/gpu-check     # tiny shapes on CPU, seconds per section (tests)
 
 Sections (`sections=[...]`), each written to out/gpu_check.json as it finishes, then out/gpu_check.md:
-- grpo:    i2t GRPO at the Qwen2.5-VL-7B shape, plain TRL vs the project arm (mmpc_rl.train.speed.run_arm: warm-up +
-           measured steps each, G=16, 128 forced new tokens, stub reward); decode ms per token inside training from
-           the step timer, compiles/recompiles from mmpc_rl.train.decoding;
+- grpo:    i2t GRPO at the Qwen2.5-VL-7B shape, plain TRL vs the project arm (mmpc_rl.bench.grpo_arms.run_arm:
+           warm-up + measured steps each, G=16, 128 forced new tokens, stub reward); decode ms per token inside
+           training from the step timer, compiles/recompiles from mmpc_rl.train.decoding;
 - qlora:   the project arm on a 4-bit NF4 copy of the same random model (saved and reloaded: bitsandbytes quantizes
            on load); CUDA only;
 - t2i:     one text->image reward group at the SD3.5-large shape: 16 completions x 4 images through the real
            SD35ClipReward (its dedupe and batching) at each size; text encoders have the real output widths but one
            layer (prompt encoding is cached and small beside 4-step denoising), CLIP is the tiny one;
-- cqbench: CQBench generation (mmpc_rl.eval.speed.measure) at the 7B shape, batch 16.
+- cqbench: CQBench generation (mmpc_rl.bench.cqbench_speed.measure) at the 7B shape, batch 16.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmpc_rl.bench import grpo_arms as bench
+from mmpc_rl.bench.cqbench_speed import SpeedConfig, load, measure
+from mmpc_rl.bench.grpo_options import BenchOptions, ratios
 from mmpc_rl.clip import ClipEmbedder
-from mmpc_rl.config import load_recipe, parse_options
+from mmpc_rl.config import load_recipe
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.eval.speed import SpeedConfig, load, measure
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import bnb_config, load_sd3_pipeline, torch_dtype
+from mmpc_rl.options import parse_options
 from mmpc_rl.render import Renderer
 from mmpc_rl.rewards.sd35_clip import SD35ClipReward
 from mmpc_rl.tasks import get_task
-from mmpc_rl.train import speed as bench
-from mmpc_rl.train.bench_options import BenchOptions, ratios
 
 SECTIONS = ("grpo", "qlora", "t2i", "cqbench")
 
@@ -188,7 +190,7 @@ def sync(device: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ report
 def table(results: dict) -> str:
-    """The markdown table of the figures the issue's goals name."""
+    """The markdown table of the figures, one row each."""
     env = results["env"]
     lines = [f"# GPU check ({'dry run, tiny shapes' if results['options']['dry'] else 'real shapes'}) on "
              f"{env.get('gpu') or 'CPU'}; torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}",
@@ -227,7 +229,6 @@ def table(results: dict) -> str:
 
 def main(argv: list[str]) -> int:
     import torch
-
 
     opts = parse(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,6 @@
 """Seconds per training epoch and per full (valid) evaluation for each recommender on a generated category.
 
-    python -m mmpc_rl.recbench.speed [users=25500 items=3500 interactions=190000 epochs=2 device=auto out=FILE]
+    python -m mmpc_rl.bench.recbench_speed [users=25500 items=3500 interactions=190000 epochs=2 device=auto out=FILE]
 
 Defaults are the size of Video Games. The grid estimate assumes MMRec's early stopping ends a run after `est_epochs`
 epochs (a run always takes at least 21).
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import run_cli
 from mmpc_rl.io import atomic_write_json
+from mmpc_rl.options import parse_options
 from mmpc_rl.recbench.data import load_category
 from mmpc_rl.recbench.models import MODELS
 from mmpc_rl.recbench.synthetic import make_category, random_features
@@ -95,7 +95,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str]) -> int:
-    opts = asdict(parse_options(SpeedOptions, argv, "python -m mmpc_rl.recbench.speed"))
+    opts = asdict(parse_options(SpeedOptions, argv, "python -m mmpc_rl.bench.recbench_speed"))
     report = measure(opts)
     print(json.dumps(report, indent=2))
     if opts["out"]:

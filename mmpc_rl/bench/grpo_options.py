@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmpc_rl.config import parse_options
 from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.options import parse_options
 
 ARMS = ("project", "plain")
 SHAPES = ("real", "tiny")
@@ -32,8 +32,7 @@ class BenchOptions:
 
 def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
-    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True,
-                                      noun="option")
+    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True)
     opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
     for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub"))]:
         if value not in valid:

@@ -1,0 +1,44 @@
+"""The TRL and PEFT objects of a Recipe: `trl.GRPOConfig` from `trainer` (reward weights from `rewards`) and
+`peft.LoraConfig` from `lora`. The recipe checked their keys and values while it was built (mmpc_rl.checks)."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig
+from trl import GRPOConfig
+
+from mmpc_rl.config import Recipe, thaw
+from mmpc_rl.errors import ConfigError
+
+
+def build_lora_config(recipe: Recipe) -> LoraConfig | None:
+    if not recipe.lora:
+        return None
+    try:
+        return LoraConfig(**thaw(recipe.lora))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"lora: {e}") from None
+
+
+def build_grpo_config(recipe: Recipe) -> GRPOConfig:
+    """trl.GRPOConfig from `trainer`, with reward weights from `rewards.<name>.weight` in recipe order."""
+    opts = thaw(recipe.trainer)
+    if opts.get("per_device_train_batch_size") is None:
+        # TRL's default (8) would be checked against the group size with a message about generation batches
+        raise ConfigError("the recipe leaves its memory layout open (trainer.per_device_train_batch_size unset): "
+                          "resolve it first with mmpc_rl.train.builder.resolve_layout(recipe), as build_trainer does")
+    opts["reward_weights"] = recipe.reward_weights
+    if not torch.cuda.is_available() and not opts.get("use_cpu"):
+        # TRL would stop with "Your setup doesn't support bf16/gpu"; a CPU run of a real recipe is what a
+        # user without a GPU means (e.g. a tiny local model), so say so and go on.
+        print("mmpc-rl: no CUDA device found: training on CPU in float32 (trainer.use_cpu=true, bf16=false)")
+        opts.update(use_cpu=True, bf16=False, fp16=False)
+    for key, value in opts.items():
+        if key.endswith("_strategy") and isinstance(value, bool):
+            opts[key] = "no" if value is False else "steps"  # YAML 1.1 reads `no` as false
+    if opts.get("report_to") in (None, [], "none"):
+        opts["report_to"] = "none"
+    try:
+        return GRPOConfig(**opts)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer: {e}") from None
