@@ -3,10 +3,12 @@
     mmpc-rl eval cqbench models=[Qwen/Qwen2.5-VL-7B-Instruct,google/gemma-3-4b-it] tasks=[i2t] limit=100
     mmpc-rl eval cqbench models=[tiny://qwen2.5-vl] data=sample output_dir=outputs/cq
     mmpc-rl eval cqbench models=[Qwen/Qwen2.5-VL-7B-Instruct] adapter=outputs/i2t   # base vs LoRA, one copy
+    mmpc-rl eval cqbench profile=paper models=[...] split=recbench   # the authors' inference, RecBench's items
     python eval/cqbench.py key=value ...
 
-Writes to output_dir: items/<model>/<task>.jsonl (per item, appended as generated: a rerun resumes), results.json,
-tables.md (and lora_vs_base.md with adapter=), radar.png. Options: see CQBenchConfig and docs/cqbench.md.
+Writes to output_dir: items/<model>/<task>.jsonl (per item, appended as generated: a rerun with the same settings
+resumes; eval/settings.py), results.json, tables.md (and lora_vs_base.md with adapter=; table4.md / table5.md when
+two or more models ran a task), radar.png. Options: see CQBenchConfig and docs/cqbench.md.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmpc_rl.config import CQBenchScoring, DataConfig, ItemSelection, ModelConfig, ModelLoading
-from mmpc_rl.data import load_items
+from mmpc_rl.config import DTYPES, CQBenchScoring, DataConfig, ItemSelection, ModelConfig, ModelLoading
+from mmpc_rl.data import SPLITS, load_items
 from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
-from mmpc_rl.eval.report import delta_table, markdown_tables, radar_png
+from mmpc_rl.eval.profiles import apply_profile, model_dtype, profile_record
+from mmpc_rl.eval.report import (
+    TABLE_NUMBERS,
+    across_models,
+    across_models_table,
+    delta_table,
+    markdown_tables,
+    radar_png,
+)
 from mmpc_rl.eval.runner import adapter_off, evaluate
 from mmpc_rl.eval.scorers import build_scorers
+from mmpc_rl.eval.settings import check_settings, run_settings
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.models import load_policy
 from mmpc_rl.options import parse_options
@@ -39,18 +50,22 @@ class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
     min/max_pixels), which items it is asked about (ItemSelection: categories, seed, prompt, cache_dir) and how it is
     scored (CQBenchScoring: split, batch_size, max_new_tokens, bertscore, bertscore_layers, lpips, clip) are the
     fields a training recipe's model, data and eval sections share, with their defaults (mmpc_rl.config); below are
-    the options of a stand-alone run."""
+    the options of a stand-alone run. Here `dtype` also takes "family" (float16 for Qwen, bfloat16 for Gemma, as the
+    authors' load_model), and `split=recbench` generates for every RecBench item (`mmpc-rl recbench
+    generated=[output_dir]`)."""
 
     models: list[str] = field(default_factory=lambda: [ModelConfig.name_or_path])
     tasks: list[str] = field(default_factory=lambda: ["i2t"])
     data: str = DataConfig.path  # "sample", a raw Amazon-2023 folder or a `mmpc-rl data build` output
     limit: int | None = None  # items per category (the paper: 1000)
+    profile: str | None = None  # eval/profiles.py: "paper" = the authors' inference; keys given here win
     max_new_tokens: int | None = None  # None: the task's budget (titles 128, prompts 256)
     output_dir: str = "outputs/cqbench"
     adapter: str | None = None  # a LoRA folder: evaluate base (adapter off) and adapter with one copy of the weights
     do_sample: bool = False
     lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
     renderer: str = DEFAULT_SD
+    render_dtype: str | None = None  # None: bfloat16 on CUDA (mmpc_rl.models.placement); float16: the authors'
     render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
     render_steps: int = 4
     render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
@@ -59,7 +74,13 @@ class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
 
 
 def parse_config(argv: list[str]) -> CQBenchConfig:
-    cfg = parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench")
+    cfg = apply_profile(parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench"), argv)
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r}; valid choices: {', '.join(SPLITS)}")
+    if cfg.dtype not in ("family", *DTYPES):
+        raise ConfigError(f"dtype={cfg.dtype!r}; valid choices: family, {', '.join(DTYPES)}")
+    if cfg.render_dtype not in (None, "bfloat16", "float16", "float32"):
+        raise ConfigError(f"render_dtype={cfg.render_dtype!r}; valid choices: bfloat16, float16, float32")
     for task in cfg.tasks:
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}" + did_you_mean(task, TASKS))
@@ -81,11 +102,10 @@ def model_key(name: str) -> str:
 
 
 def load_scorers(cfg: CQBenchConfig):
-
     renderer = None
     if "t2i" in cfg.tasks:
         renderer = load_renderer(cfg.renderer, size=cfg.render_size, steps=cfg.render_steps,
-                                 max_sequence_length=cfg.render_max_sequence_length)
+                                 max_sequence_length=cfg.render_max_sequence_length, dtype=cfg.render_dtype)
     return build_scorers(cfg.tasks, bertscore=cfg.bertscore, bertscore_layers=cfg.bertscore_layers, lpips=cfg.lpips,
                          lpips_channel_order=cfg.lpips_channel_order, clip=cfg.clip, renderer=renderer,
                          resize=cfg.resize)
@@ -104,20 +124,26 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
     return render
 
 
-def load_model(cfg: CQBenchConfig, name: str):
+def load_model(cfg: CQBenchConfig, name: str, plan=None):
     """The model where `mmpc_rl.plan.placement` puts it: whole on this process's GPU, sharded over the node's GPUs (one
     process), or 4-bit; else on the CPU."""
-    plan = eval_placement(cfg, name)
+    plan = plan or eval_placement(cfg, name)
+    return load_policy(policy_config(cfg, name, plan), device_map=plan.device_map, max_memory=plan.max_memory)
+
+
+def policy_config(cfg: CQBenchConfig, name: str, plan) -> ModelConfig:
+    """How `name` loads: `dtype=family` resolved for it, 4-bit where the plan says so (never on the CPU)."""
+    if cfg.qlora and not plan.qlora:
+        print(f"mmpc-rl: {name}: qlora=true but {plan.note}, so not 4-bit (results.json records what loaded)",
+              file=sys.stderr)
     loading = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelLoading)}
-    mc = ModelConfig(**{**loading, "qlora": plan.qlora}, name_or_path=name)
-    return load_policy(mc, device_map=plan.device_map, max_memory=plan.max_memory)
+    return ModelConfig(**{**loading, "dtype": model_dtype(cfg.dtype, name), "qlora": plan.qlora}, name_or_path=name)
 
 
 def eval_placement(cfg: CQBenchConfig, name: str):
-
     max_new = cfg.max_new_tokens or max(get_task(t).max_new_tokens for t in cfg.tasks)
-    plan = plan_placement(name, dtype=cfg.dtype, qlora=cfg.qlora, batch_size=cfg.batch_size, max_new_tokens=max_new,
-                          max_pixels=cfg.max_pixels)
+    plan = plan_placement(name, dtype=model_dtype(cfg.dtype, name), qlora=cfg.qlora, batch_size=cfg.batch_size,
+                          max_new_tokens=max_new, max_pixels=cfg.max_pixels)
     if plan.mode != "cpu":
         print(f"mmpc-rl: {name}: {plan.mode} ({plan.note})", file=sys.stderr)
     return plan
@@ -128,20 +154,31 @@ def run(cfg: CQBenchConfig) -> dict:
     out = Path(cfg.output_dir)
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
                        seed=cfg.seed, cache_dir=cfg.cache_dir)
+    if no_image := [it for it in items if not it.get("image")]:  # nothing to show (i2t) or to compare with (t2i)
+        print(f"mmpc-rl: {len(no_image)} of {len(items)} items have no image and are skipped", file=sys.stderr)
+        items = [it for it in items if it.get("image")]
     if not items:
         raise ConfigError(f"no items in {cfg.data} (split={cfg.split}, categories={cfg.categories})")
     scorers = load_scorers(cfg)
     results: dict[str, dict] = {}
     deltas = []
     for name in cfg.models:
-        model, processor = load_model(cfg, name)
+        plan = eval_placement(cfg, name)
+        mc = policy_config(cfg, name, plan)
         key = model_key(name)
         arms = [(key, None)]
         if cfg.adapter:
-            model = _attach_adapter(model, cfg.adapter)
             arms = [(key, "base"), (f"{key}+{model_key(cfg.adapter)}", "lora")]
-        for task_name in cfg.tasks:
-            task = get_task(task_name, cfg.prompt)
+        tasks = {t: get_task(t, cfg.prompt, name) for t in cfg.tasks}  # the family's wording of the prompt
+        settings = {(arm_key, t): run_settings(cfg, name, cfg.adapter if arm == "lora" else None, task, mc,
+                                               cpu=plan.mode == "cpu")
+                    for arm_key, arm in arms for t, task in tasks.items()}
+        for (arm_key, t), s in settings.items():  # before loading: a run that cannot resume stops at once
+            check_settings(out / "items" / arm_key / f"{t}.jsonl", s)
+        model, processor = load_model(cfg, name, plan)
+        if cfg.adapter:
+            model = _attach_adapter(model, cfg.adapter)
+        for task_name, task in tasks.items():
             for arm_key, arm in arms:
                 ctx = adapter_off(model) if arm == "base" else contextlib.nullcontext()
                 with ctx:
@@ -151,13 +188,25 @@ def run(cfg: CQBenchConfig) -> dict:
                                    image_dir=out / "images" / arm_key, progress=cfg.progress,
                                    desc=f"{arm_key} {task_name}")
                 if res is not None:
-                    results.setdefault(arm_key, {})[task_name] = res
+                    results.setdefault(arm_key, {})[task_name] = {**res, "settings": settings[(arm_key, task_name)]}
             if cfg.adapter and all(a in results and task_name in results[a] for a, _ in arms):
                 deltas.append(delta_table(results[arms[0][0]][task_name], results[arms[1][0]][task_name], task_name,
                                           base_name=arms[0][0], lora_name=arms[1][0]))
         del model
-    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "results": results})
+    if not results and cfg.models:  # a rank > 0 of a multi-process run: rank 0 merged its items and writes
+        return results
+    # Tables 4/5 are across the models asked for (an adapter's arm is a comparison, not another model)
+    models = {model_key(n): results[model_key(n)] for n in cfg.models if model_key(n) in results}
+    across = across_models(models)
+    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "profile": profile_record(cfg),
+                                             "across_models": across, "results": results})
     atomic_write_text(out / "tables.md", "# CQBench\n\n" + markdown_tables(results))
+    for task_name, number in TABLE_NUMBERS.items():
+        table = out / f"table{number}.md"
+        if task_name in across:
+            atomic_write_text(table, across_models_table(across, task_name, models))
+        elif table.exists():  # an earlier run's table is not of these results
+            table.unlink()
     if deltas:
         atomic_write_text(out / "lora_vs_base.md", "# CQBench: base vs LoRA\n\n" + "\n".join(deltas))
     radar_png(results, out / "radar.png")
@@ -175,14 +224,16 @@ def _attach_adapter(model, adapter: str):
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
     results = run(cfg)
+    if not results:  # a rank > 0: rank 0 reports
+        return 0
     out = Path(cfg.output_dir)
     text = (out / "lora_vs_base.md") if cfg.adapter else (out / "tables.md")
     print(text.read_text())
     n = sum(r["n_items"] for per_task in results.values() for r in per_task.values())
-    print(f"mmpc-rl: CQBench scored {n} item-runs; results.json, tables.md and radar.png in {out}")
+    extra = "".join(f", {p.name}" for p in sorted(out.glob("table[45].md")))
+    print(f"mmpc-rl: CQBench scored {n} item-runs; results.json, tables.md{extra} and radar.png in {out}")
     return 0
 
 
 if __name__ == "__main__":
-
     sys.exit(run_cli(lambda: main(sys.argv[1:])))

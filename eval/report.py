@@ -84,6 +84,50 @@ def markdown_tables(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(out)
 
 
+TABLE_NUMBERS = {"i2t": 4, "t2i": 5}
+
+
+def across_models(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Tables 4/5: per task, category and metric, the mean and the sample std (numpy ddof=1, as the paper's Tables
+    4/5: "0.018" for All Beauty's cosine is the ddof=1 std of Table 10's six model means) of the models' category
+    means. Only tasks two or more models ran; a model without the category (or the metric) is left out of its cell,
+    and `n` counts the models in it."""
+    out: dict[str, dict] = {}
+    for task in ("i2t", "t2i"):
+        models = [m for m in results if task in results[m]]
+        if len(models) < 2:
+            continue
+        names = [m for m in metrics_for(task) if any(m in results[x][task]["summary"] for x in models)]
+        cats = sorted({c for m in models for c in results[m][task]["per_category"]})
+        out[task] = {}
+        for cat in cats:
+            out[task][cat] = {}
+            for name in names:
+                vals = [results[m][task]["per_category"].get(cat, {}).get(name, {}).get("mean") for m in models]
+                arr = np.asarray([v for v in vals if v is not None], dtype=np.float64)
+                with np.errstate(invalid="ignore"):  # an inf PSNR mean gives a nan std, as in the other tables
+                    out[task][cat][name] = {"mean": float(arr.mean()) if len(arr) else None,
+                                            "std": float(arr.std(ddof=1)) if len(arr) >= 2 else None,
+                                            "n": len(arr)}
+    return out
+
+
+def across_models_table(across: dict[str, dict], task: str, results: dict[str, dict[str, dict]]) -> str:
+    """Table 4 (i2t) / Table 5 (t2i) as markdown: one row per category, mean ± sample std across the models."""
+    models = [m for m in results if task in results[m]]
+    cats = across[task]
+    names = [m for m in metrics_for(task) if any(m in cells for cells in cats.values())]
+    lines = [f"# Table {TABLE_NUMBERS[task]}: {TASK_TITLES[task]} by category, mean ± sample std (ddof=1) across "
+             f"{len(models)} models", "", *_header(names, ["Category"])]
+    for cat, cells in cats.items():
+        lines.append(f"| {cat} | " + " | ".join(_fmt(cells.get(m)) for m in names) + " |")
+    partial = sorted({c for c, cells in cats.items() if any(s["n"] < len(models) for s in cells.values())})
+    lines += ["", "Models: " + ", ".join(models) + "."]
+    if partial:
+        lines.append("Categories some models lack (their cells average the others): " + ", ".join(partial) + ".")
+    return "\n".join([*lines, "", prompt_caption([results[m][task] for m in models])]) + "\n"
+
+
 def delta_table(base: dict, lora: dict, task: str, base_name: str = "Base", lora_name: str = "LoRA") -> str:
     """Tables 7/9: base, adapter and delta rows (overall and per category); the delta is adapter − base."""
     names = [m for m in metrics_for(task) if m in base["summary"] and m in lora["summary"]]

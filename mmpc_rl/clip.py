@@ -11,6 +11,10 @@ Resize(224, bicubic) on the short side, CenterCrop(224), RGB, the CLIP mean/std.
   loaded into `ViT-B-32-quickgelu` (the openai architecture) or `arch=` if given;
 - `ARCH/TAG`, e.g. `ViT-B-32/openai` (open_clip's pretrained tags), or a hub repo id such as
   `timm/vit_base_patch32_clip_224.openai`: both download, so they need the hub cache or network.
+
+Weights trained with QuickGELU load into a QuickGELU network on every route (mmpc_rl.models.vision says how each
+route tells): OpenAI's, as the authors' `clip.load("ViT-B/32")` (GAIR-Lab/MMPCBench,
+CQBench/benchmark_all_models_bench.py) runs them. open_clip 3.x alone builds `ViT-B-32/openai` with nn.GELU.
 """
 
 from __future__ import annotations

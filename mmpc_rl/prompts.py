@@ -1,10 +1,15 @@
 """The instructions the policy is given, by name. The prompt changes every CQBench number, so each result records
 the name of the prompt that produced it.
 
-`paper` (the default): the authors' wording for Qwen2.5-VL, verbatim from their released inference script
-(GAIR-Lab/MMPCBench, CQBench/imagine_amazon_data_bench.py: `infer_product_title` and `infer_image_prompt`),
-quirks kept (the missing space before "The title", the trailing "Output:" of the title prompt). The paper itself
-prints no prompt; this is what produced its numbers.
+`paper` (the default): the authors' wording, verbatim from their released inference script (GAIR-Lab/MMPCBench,
+CQBench/imagine_amazon_data_bench.py: `infer_product_title` and `infer_image_prompt`), quirks kept, in the wording
+that script gives the model's family (its `get_model_type`: a name containing qwen, gemma, internvl or llava; any
+other name gets the Qwen branch). Qwen2.5-VL's title prompt has "The output must not be empty, blank, or newline —
+directly give the answer." (no space before "The title") and ends in "Output:"; Gemma-3's (and InternVL's, LLaVA's)
+has neither. The image-prompt wording is the same for every family. The paper itself prints no prompt.
+
+`paper-rec`: the wording of the authors' RecBench generation script (Recbench/imagine_amazon_data_rec.py), which
+gives every family, Qwen included, the shorter title prompt.
 
 `detailed`: this project's earlier prompts, which ask for more than the authors did (the brand if visible, the
 product type and key attributes; a white studio background for renders). They are not the paper's: results made
@@ -12,6 +17,9 @@ with them are not comparable with the paper's tables.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from mmpc_rl.errors import ConfigError, did_you_mean
 
@@ -65,24 +73,56 @@ DETAILED_T2I = (
     'Respond with the JSON object only, e.g. {{"prompt": "a matte black stainless steel water bottle, studio photo"}}'
 )
 
-PROMPTS: dict[str, dict[str, str]] = {
-    "paper": {"i2t": PAPER_I2T, "t2i": PAPER_T2I},
+# The title prompt the authors gave Gemma-3, InternVL and LLaVA in CQBench, and every family in their RecBench script.
+PAPER_I2T_SHORT = PAPER_I2T.replace(
+    "The output must not be empty, blank, or newline — directly give the answer.", "").removesuffix("\nOutput:")
+
+FAMILIES = ("qwen", "gemma", "internvl", "llava")  # the authors' get_model_type, in its order
+# name -> task -> text, or family -> text where the authors' scripts word it per family
+PROMPTS: dict[str, dict[str, str | dict[str, str]]] = {
+    "paper": {"i2t": {"qwen": PAPER_I2T, "gemma": PAPER_I2T_SHORT, "internvl": PAPER_I2T_SHORT,
+                      "llava": PAPER_I2T_SHORT},
+              "t2i": PAPER_T2I},
+    "paper-rec": {"i2t": PAPER_I2T_SHORT, "t2i": PAPER_T2I},
     "detailed": {"i2t": DETAILED_I2T, "t2i": DETAILED_T2I},
 }
 DESCRIPTIONS = {
-    "paper": "the authors' wording (MMPCBench release)",
+    "paper": "the authors' wording for each model's family (MMPCBench release, CQBench/imagine_amazon_data_bench.py)",
+    "paper-rec": "the authors' RecBench-generation wording (MMPCBench release, Recbench/imagine_amazon_data_rec.py)",
     "detailed": "mmpc-rl's detailed prompt (not the paper's)",
 }
 
 
-def prompt_text(task: str, name: str = DEFAULT_PROMPT) -> str:
+def model_family(model: str | None) -> str:
+    """The authors' family of a model id or folder: the first of FAMILIES its name contains (a local folder's
+    config.json `model_type` when the name says none), else "qwen", the branch their script falls back to."""
+    names = [str(model or "").lower()]
+    config = Path(str(model or "")).expanduser() / "config.json"
+    if model and config.is_file():
+        try:
+            names.append(str(json.loads(config.read_text()).get("model_type", "")).lower())
+        except (OSError, ValueError):
+            pass
+    for name in names:
+        for family in FAMILIES:
+            if family in name:
+                return family
+    return "qwen"
+
+
+def prompt_text(task: str, name: str = DEFAULT_PROMPT, model: str | None = None) -> str:
+    """The prompt `name` for `task`, in `model`'s family's wording where the authors worded it per family (None:
+    Qwen's)."""
     if name not in PROMPTS:
         raise ConfigError(f"unknown prompt {name!r}" + did_you_mean(str(name), PROMPTS))
-    return PROMPTS[name][task]
+    text = PROMPTS[name][task]
+    return text[model_family(model)] if isinstance(text, dict) else text
 
 
 def all_prompt_texts() -> list[str]:
-    return [text for by_task in PROMPTS.values() for text in by_task.values()]
+    """The tiny tokenizer's prompt corpus (mmpc_rl.tiny.qwen). Fixed: a tiny model cached by an earlier build stays
+    the one a fresh build makes."""
+    return [PAPER_I2T, PAPER_T2I, DETAILED_I2T, DETAILED_T2I]
 
 
 def caption(name: str | None) -> str:

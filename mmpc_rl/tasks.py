@@ -142,11 +142,12 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str, prompt: str = DEFAULT_PROMPT) -> Task:
-    """The task with the named prompt (mmpc_rl.prompts: `paper`, the authors' wording, or `detailed`)."""
+def get_task(name: str, prompt: str = DEFAULT_PROMPT, model: str | None = None) -> Task:
+    """The task with the named prompt (mmpc_rl.prompts: `paper`, the authors' wording, `paper-rec` or `detailed`),
+    worded for `model`'s family where the authors worded it per family (None: Qwen2.5-VL's wording)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}" + did_you_mean(name, TASKS))
-    return replace(TASKS[name], prompt=prompt_text(name, prompt), prompt_name=prompt)
+    return replace(TASKS[name], prompt=prompt_text(name, prompt, model), prompt_name=prompt)
 
 
 def completion_text(completion: Any) -> str:

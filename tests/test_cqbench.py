@@ -72,6 +72,8 @@ def test_interrupted_run_resumes_with_only_the_rest(first_run, tmp_path, monkeyp
     part = tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"
     part.parent.mkdir(parents=True)
     part.write_text("".join(lines[:3]) + lines[3][:25])  # three items done, the fourth torn by a kill
+    settings = out / "items" / "tiny-qwen2.5-vl" / "i2t.settings.json"  # what those items were made with
+    (part.parent / settings.name).write_text(settings.read_text())
     seen = []
     real = runner.generate_batch
     monkeypatch.setattr(runner, "generate_batch", lambda m, p, t, items, **k: seen.extend(items) or real(
@@ -360,6 +362,228 @@ def test_two_processes_split_the_items_and_rank0_merges_them_all(tmp_path):
     assert len(one) == 6 and ddp == one  # every item once, greedy answers identical to one process
     shards = sorted(p.name for p in (tmp_path / "ddp" / "items" / "tiny-qwen2.5-vl").glob("i2t.rank*.jsonl"))
     assert shards == ["i2t.rank0.jsonl", "i2t.rank1.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------- Tables 4 and 5
+def _results(per_model: dict[str, dict[str, dict[str, float]]], task: str = "i2t") -> dict:
+    """results[model][task] with only the per-category means set (what Tables 4/5 read)."""
+    out = {}
+    for model, cats in per_model.items():
+        per_category = {c: {m: {"mean": v, "std": 0.0, "n": 1} for m, v in ms.items()} for c, ms in cats.items()}
+        names = {m for ms in cats.values() for m in ms}
+        out[model] = {task: {"per_category": per_category, "summary": {m: {"mean": 0.0} for m in names},
+                             "prompt": "paper"}}
+    return out
+
+
+def test_tables_4_5_reproduce_the_papers_table4_rows_from_its_table10():
+    """The paper's Table 10 per-model category means give its Table 4 rows only with ddof=1 (0.018 for All Beauty's
+    cosine; ddof=0 gives 0.016, 0.0016 away)."""
+    from mmpc_rl.eval.report import across_models
+
+    table10 = {  # model: (All Beauty, Video Games) x (cosine, euclidean, overlap, bertscore)
+        "Gemma-3-4B": ((0.186, 0.441, 0.224, 0.862), (0.279, 0.460, 0.312, 0.883)),
+        "Gemma-3-12B": ((0.208, 0.444, 0.250, 0.867), (0.367, 0.508, 0.425, 0.902)),
+        "Gemma-3-27B": ((0.223, 0.447, 0.273, 0.871), (0.394, 0.530, 0.446, 0.906)),
+        "Qwen2.5-VL-7B": ((0.198, 0.443, 0.248, 0.866), (0.365, 0.492, 0.420, 0.901)),
+        "Qwen2.5-VL-32B": ((0.174, 0.439, 0.223, 0.860), (0.316, 0.471, 0.363, 0.894)),
+        "Qwen2.5-VL-72B": ((0.184, 0.441, 0.239, 0.863), (0.325, 0.478, 0.367, 0.895)),
+    }
+    names = ("tfidf_cosine", "tfidf_euclidean", "token_overlap", "bertscore_f1")
+    results = _results({m: {"All_Beauty": dict(zip(names, ab, strict=True)),
+                            "Video_Games": dict(zip(names, vg, strict=True))} for m, (ab, vg) in table10.items()})
+    table4 = {  # the paper's Table 4
+        "All_Beauty": ((0.196, 0.018), (0.443, 0.003), (0.243, 0.019), (0.865, 0.004)),
+        "Video_Games": ((0.341, 0.042), (0.490, 0.026), (0.389, 0.050), (0.897, 0.008)),
+    }
+    got = across_models(results)["i2t"]
+    for cat, cells in table4.items():
+        for name, (mean, std) in zip(names, cells, strict=True):
+            # Table 10 is printed to 3 decimals, so its means are known to within 0.0005
+            assert got[cat][name] == pytest.approx({"mean": mean, "std": std, "n": 6}, abs=6e-4)
+
+
+def test_tables_4_5_need_two_models_and_leave_out_missing_cells():
+    from mmpc_rl.eval.report import across_models, across_models_table
+
+    one = _results({"a": {"X": {"psnr": 8.0}}}, "t2i")
+    assert across_models(one) == {}
+    three = _results({"a": {"X": {"psnr": 8.0, "lpips": 0.7}, "Y": {"psnr": 7.0}},
+                      "b": {"X": {"psnr": 9.0, "lpips": 0.6}},
+                      "c": {"X": {"psnr": 7.0}, "Y": {"psnr": 6.0}}}, "t2i")
+    got = across_models(three)["t2i"]
+    assert got["X"]["psnr"] == pytest.approx({"mean": 8.0, "std": 1.0, "n": 3})
+    assert got["X"]["lpips"] == pytest.approx({"mean": 0.65, "std": math.sqrt(0.005), "n": 2})
+    assert got["Y"]["psnr"] == pytest.approx({"mean": 6.5, "std": math.sqrt(0.5), "n": 2})
+    table = across_models_table({"t2i": got}, "t2i", three)
+    assert table.startswith("# Table 5: Text→Image by category, mean ± sample std (ddof=1) across 3 models")
+    assert "| X | 8.0000 ± 1.0000 | 0.6500 ± 0.0707 |" in table and "Categories some models lack" in table
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    args = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=24", "dtype=float32", "progress=false"]
+    assert cqbench.main([f"models=[{TINY},tiny://qwen2.5-vl-sft]", f"output_dir={out}", *args]) == 0
+    return out
+
+
+def test_two_models_write_table4_equal_to_a_hand_computation(two_models):
+    import statistics
+
+    saved = json.loads((two_models / "results.json").read_text())
+    per_model = [saved["results"][m]["i2t"]["per_category"] for m in ("tiny-qwen2.5-vl", "tiny-qwen2.5-vl-sft")]
+    table = (two_models / "table4.md").read_text()
+    assert not (two_models / "table5.md").exists()
+    spread = 0.0
+    for cat in ("All_Beauty", "Toys_and_Games", "Video_Games"):
+        cells = []
+        for name in ("tfidf_cosine", "tfidf_euclidean", "token_overlap"):
+            values = [pc[cat][name]["mean"] for pc in per_model]
+            mean, std = statistics.fmean(values), statistics.stdev(values)  # sample std, by hand
+            assert saved["across_models"]["i2t"][cat][name] == pytest.approx({"mean": mean, "std": std, "n": 2})
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+            spread += std
+        assert f"| {cat} | " + " | ".join(cells) + " |" in table
+    assert spread > 0  # the two models differ, so a wrong std could not pass
+    assert "Models: tiny-qwen2.5-vl, tiny-qwen2.5-vl-sft." in table
+
+
+def test_a_later_single_model_run_removes_the_stale_table(two_models, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(two_models, out)
+    args = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=24", "dtype=float32", "progress=false"]
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={out}", *args]) == 0
+    assert not (out / "table4.md").exists()
+    assert json.loads((out / "results.json").read_text())["across_models"] == {}
+
+
+# ------------------------------------------------------------------------------------------ RecBench's items
+def test_split_recbench_generates_for_every_recbench_item_and_recbench_replaces_them(tmp_path):
+    """Every RecBench item of a category gets a scored generation, and `mmpc-rl recbench generated=[output_dir]`
+    maps each to its item id: at missing rate 1.0 every missing row gets generated features."""
+    from mmpc_rl.data import load_items
+    from mmpc_rl.recbench import conditions as C
+    from mmpc_rl.recbench.bench import RecBenchConfig, resolve_data_dir
+    from mmpc_rl.recbench.data import load_category
+
+    args = ["data=sample", "categories=[Video_Games]", "batch_size=16", "max_new_tokens=4", "dtype=float32",
+            "progress=false", "split=recbench"]
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", *args]) == 0
+    rec_items = {it["parent_asin"]: it for it in load_items("sample", split="recbench", categories=["Video_Games"])}
+    recs = list(read_jsonl(tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"))
+    assert sorted(r["parent_asin"] for r in recs) == sorted(rec_items)
+    assert all(r["reference"] == rec_items[r["parent_asin"]]["title"] and r["metrics"] for r in recs)  # scored
+    generated, skipped = C.read_generated(tmp_path)
+    data = load_category(resolve_data_dir(RecBenchConfig(data_dir="sample")), "Video_Games")
+    asin_to_item = {it["parent_asin"]: i for i, it in enumerate(data.items)}
+    replacements = C.for_category(generated[("tiny-qwen2.5-vl", "i2t")], "Video_Games", asin_to_item)
+    missing = C.missing_ids(data.n_items, 1.0)
+    assert len(missing) == data.n_items > 0 and set(missing) <= set(replacements)
+
+
+def test_split_recbench_limit_takes_the_first_items_by_id(tmp_path):
+    from mmpc_rl.data import load_items
+
+    assert cqbench.main([f"models=[{TINY}]", f"output_dir={tmp_path}", "split=recbench", *ARGS]) == 0
+    every = load_items("sample", split="recbench")
+    first = {}
+    for it in sorted(every, key=lambda it: it["parent_asin"]):
+        first.setdefault(it["category"], []).append(it["parent_asin"])
+    recs = read_jsonl(tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl")
+    assert sorted(r["key"] for r in recs) == sorted(f"{c}/{a}" for c, asins in first.items() for a in asins[:2])
+    with pytest.raises(ConfigError, match="split='rec'; valid choices: train, cqbench, recbench"):
+        cqbench.parse_config(["split=rec"])
+
+
+# --------------------------------------------------------------------------------------------- profile=paper
+QWEN, GEMMA = "Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it"
+
+
+def test_profile_paper_sets_the_authors_settings_and_explicit_keys_win():
+    cfg = cqbench.parse_config(["profile=paper"])
+    assert (cfg.qlora, cfg.dtype, cfg.prompt, cfg.render_dtype) == (True, "family", "paper", "float16")
+    assert (cfg.clip, cfg.bertscore) == ("ViT-B-32/openai", "roberta-large")
+    assert cqbench.parse_config(["profile=paper", "split=recbench"]).prompt == "paper-rec"
+    mine = cqbench.parse_config(["profile=paper", "dtype=bfloat16", "clip=null", "split=recbench", "prompt=paper"])
+    assert (mine.qlora, mine.dtype, mine.clip, mine.prompt) == (True, "bfloat16", None, "paper")
+    assert cqbench.parse_config([]).qlora is False  # no profile: the project's defaults
+    with pytest.raises(ConfigError, match=r"unknown profile 'papr' \(did you mean 'paper'\?\)"):
+        cqbench.parse_config(["profile=papr"])
+    with pytest.raises(ConfigError, match="dtype='half'"):
+        cqbench.parse_config(["dtype=half"])
+
+
+def test_profile_paper_loads_each_family_as_the_authors(monkeypatch):
+    """NF4 + double quantisation; float16 weights and compute for Qwen, bfloat16 for Gemma (GAIR-Lab/MMPCBench,
+    CQBench/imagine_amazon_data_bench.py `load_model`). The loader is patched: no weights are read."""
+    import transformers
+
+    from mmpc_rl.models import policy
+    from mmpc_rl.plan.placement import Placement
+
+    planned, loaded = {}, {}
+    monkeypatch.setattr(cqbench, "plan_placement", lambda name, **kw: planned.update({name: kw}) or Placement(
+        "4bit" if kw["qlora"] else "per_rank", {"": "cuda:0"}, qlora=kw["qlora"], note="fits"))
+    monkeypatch.setattr(policy, "resolve_model_path", lambda name, revision=None: name)
+    monkeypatch.setattr(policy, "load_processor", lambda mc, path=None: "processor")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on the GPU the plan above pretends
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained",
+                        staticmethod(lambda path, **kw: loaded.update({path: kw}) or "model"))
+    cfg = cqbench.parse_config(["profile=paper", f"models=[{QWEN},{GEMMA}]"])
+    for name, dtype in ((QWEN, torch.float16), (GEMMA, torch.bfloat16)):
+        assert cqbench.load_model(cfg, name) == ("model", "processor")
+        q = loaded[name]["quantization_config"]
+        assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "nf4", True)
+        assert loaded[name]["dtype"] == dtype and q.bnb_4bit_compute_dtype == dtype
+        assert loaded[name]["device_map"] == {"": "cuda:0"}
+        assert planned[name]["qlora"] is True and planned[name]["dtype"] == str(dtype).removeprefix("torch.")
+    plain = cqbench.parse_config([f"models=[{QWEN}]"])  # no profile: unquantised bf16, as documented
+    cqbench.load_model(plain, QWEN)
+    assert "quantization_config" not in loaded[QWEN] and loaded[QWEN]["dtype"] == torch.bfloat16
+
+
+def test_profile_paper_renders_sd35_in_float16(monkeypatch):
+    from mmpc_rl.render import Renderer
+
+    seen = {}
+    monkeypatch.setattr(Renderer, "from_pretrained", classmethod(lambda cls, name, **kw: seen.update(kw) or "r"))
+    monkeypatch.setattr(cqbench, "build_scorers", lambda tasks, **kw: kw)
+    scorers = cqbench.load_scorers(cqbench.parse_config(["profile=paper", "tasks=[t2i]"]))
+    assert seen["dtype"] == "float16" and scorers["clip"] == "ViT-B-32/openai"
+    cqbench.load_scorers(cqbench.parse_config(["tasks=[t2i]"]))
+    assert seen["dtype"] is None  # the project's default: bfloat16 on CUDA
+
+
+def test_results_record_the_profile_and_what_loaded(tmp_path):
+    args = [f"models=[{TINY}]", f"output_dir={tmp_path}", "data=sample", "limit=1", "max_new_tokens=4",
+            "progress=false", "profile=paper", "bertscore=null"]
+    assert cqbench.main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    profile = saved["profile"]
+    assert profile["name"] == "paper" and profile["recbench"] == {"select_by": "test"}
+    assert profile["overridden"] == {"bertscore": None} and profile["defaults"]["qlora"] is True
+    settings = saved["results"]["tiny-qwen2.5-vl"]["i2t"]["settings"]
+    # no GPU here, so no 4-bit: the record says what was loaded, not what was asked
+    assert settings["quantization"] is None and settings["weights_dtype"] == "torch.float32"
+    assert settings["prompt"] == "paper" and "must not be empty" in settings["prompt_text"]
+
+
+# ------------------------------------------------------------------------------------- resuming is per setting
+def test_a_rerun_with_other_settings_refuses_to_resume(first_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "cq"
+    shutil.copytree(first_run[0], out)
+    with pytest.raises(ConfigError, match=r"made with other settings \(prompt: 'paper' -> 'detailed'"):
+        cqbench.run(cqbench.parse_config([f"models=[{TINY}]", f"output_dir={out}", *ARGS, "prompt=detailed"]))
+    with pytest.raises(ConfigError, match=r"other settings \(max_new_tokens: 6 -> 7\)"):
+        cqbench.run(cqbench.parse_config([f"models=[{TINY}]", f"output_dir={out}", *ARGS, "max_new_tokens=7"]))
+    (out / "items" / "tiny-qwen2.5-vl" / "i2t.settings.json").unlink()
+    with pytest.raises(ConfigError, match="has no i2t.settings.json beside it"):
+        cqbench.run(cqbench.parse_config([f"models=[{TINY}]", f"output_dir={out}", *ARGS]))
 
 
 def test_cqbench_t2i_images_stay_in_image_dir(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mmpc_rl.data import load_items
+from mmpc_rl.data import DEFAULT_SEED, DEFAULT_TEXT_FIELD, build_cached, default_cache_dir, load_items
 from mmpc_rl.data.sample import SAMPLE_CATEGORIES, build_sample_catalog
 from mmpc_rl.data.schema import cover_url, is_eligible, item_text
 from mmpc_rl.data.select import seeded_order, set_sizes
@@ -116,6 +116,23 @@ def test_load_items_splits(tmp_path, catalog):
     assert [i["parent_asin"] for i in two] == [i["parent_asin"] for i in train if i["category"] == "Video_Games"][:2]
     sample = load_items("sample", "train", categories=["All_Beauty"], cache_dir=tmp_path)
     assert len(sample) == 21 and (tmp_path / "sample-catalog" / "meta_All_Beauty.jsonl").is_file()
+
+
+def test_load_items_recbench_split(catalog):
+    """`split="recbench"`: every RecBench item, in itemID order, with the fields of the other splits; the CQBench
+    items are among them (the default population)."""
+    rec = load_items(catalog, "recbench")
+    assert all(set(i) == {"parent_asin", "title", "text", "image", "category"} for i in rec)
+    assert all(Path(i["image"]).is_file() and len(i["title"]) >= 5 for i in rec)
+    built = build_cached(catalog, sorted(SAMPLE_CATEGORIES), DEFAULT_SEED, DEFAULT_TEXT_FIELD, default_cache_dir())
+    for cat in SAMPLE_CATEGORIES:
+        rows = _lines(built / cat / "recbench" / "items.jsonl")
+        assert [i["parent_asin"] for i in rec if i["category"] == cat] == [r["parent_asin"] for r in rows]
+        assert [r["parent_asin"] for r in rows] == sorted(r["parent_asin"] for r in rows)  # the authors' order
+        assert [i["title"] for i in rec if i["category"] == cat] == [r["title"] for r in rows]
+    assert {i["parent_asin"] for i in load_items(catalog, "cqbench")} <= {i["parent_asin"] for i in rec}
+    two = load_items(catalog, "recbench", categories=["Video_Games"], limit_per_category=2)
+    assert two == [i for i in rec if i["category"] == "Video_Games"][:2]
 
 
 def test_load_items_errors(tmp_path, catalog):

@@ -96,7 +96,7 @@ def test_build_over_http_with_failures_and_rerun(server, tmp_path):
     server.rules = {f"/images/{a}.jpg": rule for a, rule in bad.items()}
     server.hits.clear()
     out = build(source=server.root, out=tmp_path / "out", categories=["Video_Games"], cqbench_per_category=20,
-                train_per_category=10, **FAST)
+                train_per_category=10, cqbench_population="catalog", **FAST)
     ids = _ids(out, "Video_Games")
     assert ids["cqbench"] == order[6:26] and ids["train"] == order[26:36]  # refilled in seeded order
     summary = json.loads((out / "summary.json").read_text())["categories"]["Video_Games"]
@@ -113,7 +113,7 @@ def test_build_over_http_with_failures_and_rerun(server, tmp_path):
     assert server.hits[f"/images/{order[1]}.jpg"] == 2  # the slow one: both attempts timed out
     first = Counter(server.hits)
     out2 = build(source=server.root, out=tmp_path / "out", categories=["Video_Games"], cqbench_per_category=20,
-                 train_per_category=10, **FAST)
+                 train_per_category=10, cqbench_population="catalog", **FAST)
     again = server.hits - first
     assert dict(again) == {f"/images/{order[1]}.jpg": 2}  # only the transient failure is tried again
     assert json.loads((out2 / "summary.json").read_text())["images_downloaded_this_run"] == 0
@@ -147,13 +147,80 @@ def test_recbench_contract(tmp_path):
         assert [int(r[3]) for r in urows] == sorted(int(r[3]) for r in urows)
         assert [int(r[4]) for r in urows] == recsel.split_labels(len(urows))
     summary = json.loads((out / "summary.json").read_text())["categories"]["All_Beauty"]["recbench"]
-    assert summary == {"users": len(umap) - 1, "items": len(imap) - 1, "interactions": len(rows)}
+    # Table 1's interactions both ways: every row, and the training rows (x_label 0)
+    assert summary == {"users": len(umap) - 1, "items": len(imap) - 1, "interactions": len(rows),
+                       "train_interactions": sum(r[4] == "0" for r in rows)}
+    assert summary["interactions"] > summary["train_interactions"] > 0
     assert summary["users"] >= 100 and summary["items"] >= 60
     kc = build(source=src, out=tmp_path / "kc", categories=["All_Beauty"], cqbench_per_category=5,
                train_per_category=5, selection="kcore", k=10, progress=False)
     rows = [x.split("\t") for x in (kc / "All_Beauty/recbench/all_beauty.inter").read_text().splitlines()[1:]]
     assert min(Counter(r[0] for r in rows).values()) >= 10 and min(Counter(r[1] for r in rows).values()) >= 10
     assert len({(r[0], r[1]) for r in rows}) == len(rows)  # earliest review per (user, item) only
+
+
+def _long_tail_catalog(root: Path, url: str, extra: int) -> Path:
+    """The sample catalog (raw schema, images at `url`) whose All_Beauty meta also lists `extra` eligible items that
+    nobody reviewed: the long tail of a real catalog, which five-core filtering leaves out."""
+    raw = build_sample_catalog(root, base_url=url)
+    metas = [json.loads(x) for x in (raw / "meta_All_Beauty.jsonl").read_text().splitlines()]
+    tail = []
+    for k in range(extra):
+        old = metas[k % 64]["parent_asin"]  # the sample's first 64 items are the eligible ones
+        new = f"B9TAIL{k:04d}"
+        rec = json.loads(json.dumps(metas[k % 64]).replace(old, new))  # its image URLs too
+        rec["title"] += f" Model {k}"
+        tail.append(rec)
+        for img in (raw / "images").glob(f"{old}*.jpg"):
+            (raw / "images" / img.name.replace(old, new)).write_bytes(img.read_bytes())
+    (raw / "meta_All_Beauty.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas + tail))
+    return raw
+
+
+def test_cqbench_population_is_the_recbench_items(tmp_path):
+    srv = Server()
+    try:
+        srv.root = _long_tail_catalog(tmp_path / "raw", srv.url, extra=400)
+        kw = dict(source=srv.root, categories=["All_Beauty"], train_per_category=20, image_cache=tmp_path / "img",
+                  **FAST)
+        out = build(out=tmp_path / "filtered", cqbench_per_category=30, **kw)  # the default population
+        rec = {i["parent_asin"] for i in load_items(out, "recbench")}
+        summary = json.loads((out / "summary.json").read_text())["categories"]["All_Beauty"]
+        assert summary["eligible"] == 464 and len(rec) == summary["recbench"]["items"] <= 64  # a small part
+        ids = _ids(out, "All_Beauty")
+        assert len(ids["cqbench"]) == 30 and set(ids["cqbench"]) <= rec
+        assert len(ids["train"]) == 20 and not set(ids["train"]) & set(ids["cqbench"])  # GRPO stays disjoint
+        assert summary["cqbench_population"] == {"population": "filtered", "pool": len(rec), "asked": 30,
+                                                 "drawn": 30, "note": None}
+        assert [i["parent_asin"] for i in load_items(out, "cqbench")] == ids["cqbench"]
+
+        whole = build(out=tmp_path / "catalog", cqbench_per_category=30, cqbench_population="catalog", **kw)
+        in_rec = set(_ids(whole, "All_Beauty")["cqbench"]) & rec
+        assert len(in_rec) < 15  # the whole-catalog draw lands mostly in the long tail
+
+        small = build(out=tmp_path / "small", cqbench_per_category=100, **kw)  # more than the RecBench set holds
+        s = json.loads((small / "summary.json").read_text())["categories"]["All_Beauty"]["cqbench_population"]
+        assert set(_ids(small, "All_Beauty")["cqbench"]) == rec and s["drawn"] == len(rec) < 100
+        assert s["note"] == f"the RecBench item set holds {len(rec)} items, fewer than the 100 asked: CQBench " \
+                            "uses all of them"
+    finally:
+        srv.httpd.shutdown()
+
+
+def test_filtered_population_needs_reviews(tmp_path):
+    src = build_sample_catalog(tmp_path / "cat")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "meta_All_Beauty.jsonl").write_bytes((src / "meta_All_Beauty.jsonl").read_bytes())
+    with pytest.raises(DataError, match="All_Beauty: cqbench_population=filtered .* pass cqbench_population=catalog"):
+        build(source=raw, out=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o" / "summary.json").exists()  # refused before any work
+    out = build(source=raw, out=tmp_path / "o", cqbench_population="catalog", cqbench_per_category=5,
+                train_per_category=5, progress=False)
+    assert json.loads((out / "summary.json").read_text())["categories"]["All_Beauty"]["recbench"] == {
+        "skipped": "no review file"}
+    with pytest.raises(DataError, match="no recbench items for All_Beauty \\(built without its review file\\)"):
+        load_items(out, "recbench")
 
 
 def test_split_select_kcore_by_hand():
@@ -168,6 +235,37 @@ def test_split_select_kcore_by_hand():
     assert recsel.kcore(users, items, 2, 2).tolist() == [True, True, True, True, False]
     seqs = {1: [0, 1, 2, 3, 4], 2: [5, 6, 7, 8, 9], 3: [0, 1, 2, 3, 4, 5], 4: [0, 1, 2, 3, 9]}
     assert recsel.refilter([1, 2], seqs, {0, 1, 2, 3, 4, 5}) == [1, 3]  # 2 lost (50% > 10%): 3 ranks above 4
+
+
+def test_user_ties_follow_the_review_file(tmp_path):
+    """Users tied on sequence length keep the order of their first review (the authors' dict filled while reading,
+    then a stable sort), not the order of their hashes."""
+    names = [f"U{n}" for n in range(6)]
+    by_hash = sorted(names, key=recsel.user_hash)
+    first_seen = by_hash[::-1]  # the file meets them in the reverse of their hash order
+    rows = []
+    for n, user in enumerate(first_seen):
+        rows += [{"user_id": user, "parent_asin": f"I{n}_{k}", "rating": 5.0, "timestamp": 1000 + k}
+                 for k in range(5)]
+    rows = rows[::5] + [r for j, r in enumerate(rows) if j % 5]  # each user's first row up front, in that order
+    path = tmp_path / "All_Beauty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = {r["parent_asin"]: n for n, r in enumerate(sorted(rows, key=lambda r: r["parent_asin"]))}
+    seqs = recsel.user_sequences(*recsel.collect(path, index, Stats(), min_rating=4.0, progress=False))
+    assert list(seqs) == [recsel.user_hash(u) for u in first_seen]
+    assert recsel.select_users(seqs, target=3) == [recsel.user_hash(u) for u in first_seen[:3]]
+    ok = {i for seq in seqs.values() for i in seq}
+    lost = {seqs[recsel.user_hash(first_seen[0])][0]}  # the first user loses an item and drops below 5
+    spare = recsel.refilter([recsel.user_hash(u) for u in first_seen[:2]], seqs, ok - lost)
+    assert spare == [recsel.user_hash(first_seen[1]), recsel.user_hash(first_seen[2])]  # a tie at 5: file order
+
+
+def test_select_users_fills_to_the_target():
+    """The authors' third and fourth passes admit anyone while below 90 % and then below the target, so a first
+    pass that reaches 80 % still ends at the target."""
+    seqs = {u: [10 * u + k for k in range(5)] for u in range(4)}
+    seqs[9] = list(range(100, 125))  # brings 25 new items: not in the first pass, and the second is skipped
+    assert recsel.select_users(seqs, target=5) == [0, 1, 2, 3, 9]
 
 
 def test_determinism_and_disjointness(tmp_path):

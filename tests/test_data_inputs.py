@@ -170,6 +170,7 @@ def test_build_with_no_image_at_all_fails_in_one_line(tmp_path):
     from mmpc_rl.cli import main
 
     raw_dir = _catalog_with_urls(tmp_path, lambda asin, url: "http://127.0.0.1:9/nothing.jpg")  # port 9: refused
+    (raw_dir / "All_Beauty.jsonl").write_bytes((tmp_path / "cat" / "All_Beauty.jsonl").read_bytes())
     argv = ["data", "build", f"source={raw_dir}", f"out={tmp_path / 'out'}", "cqbench_per_category=4",
             "train_per_category=2", "progress=false", "retries=0", "timeout=1"]
     assert main(argv) == 2

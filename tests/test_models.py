@@ -106,6 +106,128 @@ def test_every_loader_fails_in_one_line_and_caches_nothing(case, tmp_path, empty
     assert empty_cache.cached_keys() == []
 
 
+# ------------------------------------------------------------------------------------------------ CLIP QuickGELU
+# open_clip 3.x builds `ViT-B-32` with nn.GELU even for OpenAI's weights (trained with QuickGELU). Each route of
+# load_open_clip is run for real with the architecture shrunk to the tiny test shape and nothing downloaded.
+def _activations(model) -> set[str]:
+    from open_clip.transformer import QuickGELU
+
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+
+
+@pytest.fixture
+def tiny_arch(monkeypatch):
+    """Any built-in architecture name builds the tiny shape, keeping that name's own `quick_gelu`."""
+    import copy
+
+    import open_clip.factory as factory
+
+    from mmpc_rl.tiny.clip import MODEL_CFG
+
+    real = factory.get_model_config
+
+    def tiny(name):
+        cfg = copy.deepcopy(MODEL_CFG)
+        if (real(name) or {}).get("quick_gelu"):
+            cfg["quick_gelu"] = True
+        return cfg
+
+    monkeypatch.setattr(factory, "get_model_config", tiny)
+    monkeypatch.setattr(factory, "download_pretrained", lambda *a, **k: "")  # a tag's weights: none, no network
+    monkeypatch.setattr(factory, "_get_hf_config", lambda *a, **k: {"model_cfg": copy.deepcopy(MODEL_CFG)})
+
+    def no_hub_weights(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(factory, "download_pretrained_from_hf", no_hub_weights)
+    return MODEL_CFG
+
+
+def test_openai_hub_tags_build_quickgelu_and_gelu_tags_stay_gelu(tiny_arch):
+    from open_clip import create_model
+
+    assert _activations(create_model("ViT-B-32", pretrained="openai")) == {"GELU"}  # open_clip's own trap
+    assert _activations(models.load_open_clip(models.DEFAULT_CLIP)) == {"QuickGELU"}  # ViT-B-32/openai
+    assert _activations(models.load_open_clip("ViT-B-32/laion2b_s34b_b79k")) == {"GELU"}
+
+
+def test_openai_hub_repos_build_quickgelu(tiny_arch):
+    assert _activations(models.load_open_clip("timm/vit_base_patch32_clip_224.openai")) == {"QuickGELU"}
+    assert _activations(models.load_open_clip("hf-hub:timm/vit_base_patch32_clip_224.openai")) == {"QuickGELU"}
+    assert _activations(models.load_open_clip("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")) == {"GELU"}
+
+
+def test_openai_folders_build_quickgelu(tmp_path):
+    import json
+
+    from mmpc_rl.tiny import clip as tiny_clip
+
+    # the hub repo's name, or the HF cache folder of that repo, says whose weights these are
+    for folder in (tmp_path / "vit_base_patch32_clip_224.openai",
+                   tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / "0123abcd"):
+        tiny_clip.build(folder)
+        assert _activations(models.load_open_clip(str(folder))) == {"QuickGELU"}
+    # a folder under any name whose config says quick_gelu
+    tiny_clip.build(tmp_path / "mine")
+    cfg = json.loads((tmp_path / "mine" / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["quick_gelu"] = True
+    (tmp_path / "mine" / "open_clip_config.json").write_text(json.dumps(cfg))
+    assert _activations(models.load_open_clip(str(tmp_path / "mine"))) == {"QuickGELU"}
+    assert _activations(models.load_open_clip("tiny://clip")) == {"GELU"}  # not OpenAI's: as its config says
+
+
+def test_openai_weight_files_build_quickgelu(tmp_path, tiny_arch):
+    from safetensors.torch import save_file
+
+    from mmpc_rl.models.vision import load_open_clip
+
+    state = {k: v.contiguous() for k, v in load_open_clip("tiny://clip").state_dict().items()}
+    neutral = tmp_path / "w.safetensors"
+    save_file(state, str(neutral))
+    assert _activations(load_open_clip(str(neutral))) == {"QuickGELU"}  # default arch: OpenAI's ViT-B-32-quickgelu
+    assert _activations(load_open_clip(str(neutral), arch="ViT-B-32")) == {"GELU"}  # an explicit non-OpenAI arch
+    named = tmp_path / "vit_base_patch32_clip_224.openai" / "open_clip_pytorch_model.bin"
+    named.parent.mkdir()
+    torch.save(state, named)
+    assert _activations(load_open_clip(str(named), arch="ViT-B-32")) == {"QuickGELU"}  # the weights are OpenAI's
+
+
+def test_openai_torchscript_archives_build_quickgelu(tmp_path, tiny_arch):
+    """`clip.load`'s checkpoints are TorchScript archives: OpenAI's format, so QuickGELU whatever arch= says."""
+    from mmpc_rl.models.vision import load_open_clip
+
+    model = load_open_clip("tiny://clip")
+
+    class Holder(torch.nn.Module):  # a scripted module carrying CLIP's parameters under CLIP's names
+        def __init__(self):
+            super().__init__()
+            for name, child in model.named_children():
+                self.add_module(name, child)
+            for name, param in model.named_parameters(recurse=False):
+                self.register_parameter(name, param)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    archive = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.trace(Holder(), torch.zeros(1)), str(archive))
+    built = load_open_clip(str(archive), arch="ViT-B-32")
+    assert _activations(built) == {"QuickGELU"}
+    pixels = torch.rand(1, 3, 224, 224)
+    assert built.encode_image(pixels).shape == model.encode_image(pixels).shape
+
+
+def test_the_t2i_reward_default_clip_builds_quickgelu(tiny_arch, empty_cache):
+    from types import SimpleNamespace
+
+    from mmpc_rl.rewards import RewardContext, build_reward
+    from mmpc_rl.tasks import get_task
+
+    renderer = SimpleNamespace(device=torch.device("cpu"))  # SD3.5 is not what this test is about
+    reward = build_reward("sd35_clip", get_task("t2i"), RewardContext(device="cpu", models={"renderer": renderer}))
+    assert _activations(reward.fn.embedder.model) == {"QuickGELU"}  # rewards.sd35_clip.clip: ViT-B-32/openai
+
+
 # --------------------------------------------------------------------------------------------- tiny:// names
 def test_schemes_are_registered_from_above_and_unregistered_ones_fail_in_one_line(monkeypatch, tiny_qwen):
     from mmpc_rl.models import hub

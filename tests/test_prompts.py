@@ -98,3 +98,66 @@ def test_cqbench_run_uses_and_records_the_prompt(tmp_path, monkeypatch, one_thre
 def test_a_task_is_scored_against_the_title_or_the_real_image():
     item = {"parent_asin": "A1", "title": "Red Toy Car", "image": "/data/A1.jpg"}
     assert (get_task("i2t").reference(item), get_task("t2i").reference(item)) == ("Red Toy Car", "/data/A1.jpg")
+
+
+# The authors' Gemma-3 title prompt, copied from GAIR-Lab/MMPCBench CQBench/imagine_amazon_data_bench.py
+# (`infer_product_title`, gemma_vl branch); their Recbench/imagine_amazon_data_rec.py gives this text to Qwen too.
+AUTHORS_GEMMA_I2T = (
+    "You are an Amazon product title generation assistant. "
+    "Given only the product image, generate a suitable Amazon product title. "
+    "Generate a JSON object with only the key: 'title'. "
+    "Make sure the output is a valid JSON object that can be parsed. "
+    "IMPORTANT: Please output in English only. "
+    "The title should be descriptive, professional, and suitable for an Amazon listing. "
+    "For example, if the image shows a stainless steel water bottle, you might output:\n"
+    "{\n"
+    "  \"title\": \"HydroFlow 24oz Stainless Steel Insulated Water Bottle with Leak-Proof Design\"\n"
+    "}"
+)
+
+
+def test_paper_prompt_is_worded_for_the_model_family(tmp_path):
+    from mmpc_rl.prompts import model_family, prompt_text
+
+    for gemma in ("google/gemma-3-4b-it", "google/gemma-3-27b-it", "/models/Gemma-3-12B"):
+        assert prompt_text("i2t", "paper", gemma) == AUTHORS_GEMMA_I2T
+        assert get_task("i2t", "paper", gemma).prompt == AUTHORS_GEMMA_I2T
+    assert "must not be empty" not in AUTHORS_GEMMA_I2T and not AUTHORS_GEMMA_I2T.endswith("Output:")
+    for qwen in ("Qwen/Qwen2.5-VL-7B-Instruct", "tiny://qwen2.5-vl", "some/other-vlm", None):
+        assert prompt_text("i2t", "paper", qwen) == PAPER_I2T  # the authors' fallback branch is Qwen's
+    # a folder named after neither family is told by its config.json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    assert model_family(str(tmp_path)) == "gemma" and prompt_text("i2t", "paper", str(tmp_path)) == AUTHORS_GEMMA_I2T
+    # the image-prompt wording is the same for every family; the detailed prompt has no family wording
+    assert prompt_text("t2i", "paper", "google/gemma-3-4b-it") == PAPER_T2I
+    assert prompt_text("i2t", "detailed", "google/gemma-3-4b-it") == DETAILED_I2T
+
+
+def test_paper_rec_is_the_authors_recbench_wording_for_every_family():
+    from mmpc_rl.prompts import all_prompt_texts, caption, prompt_text
+
+    for model in ("Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it", None):
+        assert prompt_text("i2t", "paper-rec", model) == AUTHORS_GEMMA_I2T
+        assert prompt_text("t2i", "paper-rec", model) == PAPER_T2I
+    assert "imagine_amazon_data_rec.py" in caption("paper-rec")
+    # the tiny tokenizer's corpus stays what cached tiny models were built from
+    assert all_prompt_texts() == [PAPER_I2T, PAPER_T2I, DETAILED_I2T, DETAILED_T2I]
+
+
+def test_cqbench_gives_a_gemma_model_the_authors_gemma_prompt(tmp_path, monkeypatch, one_thread):
+    """The Gemma id reaches the prompt: the tiny Qwen stands in for Gemma's weights, the wording follows the id."""
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.eval import cqbench, runner
+    from mmpc_rl.models import load_policy
+
+    monkeypatch.setattr(cqbench, "load_policy", lambda mc, **kw: load_policy(
+        ModelConfig(name_or_path="tiny://qwen2.5-vl", dtype="float32"), cpu=True))
+    seen = []
+    real = runner.generate_batch
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, task, items, **kw: seen.append(task.prompt) or real(
+        m, p, task, items, **kw))
+    rc = cqbench.main(["models=[google/gemma-3-4b-it]", "data=sample", "limit=1", "max_new_tokens=4",
+                       "progress=false", f"output_dir={tmp_path}"])
+    assert rc == 0 and set(seen) == {AUTHORS_GEMMA_I2T}
+    settings = json.loads((tmp_path / "items" / "gemma-3-4b-it" / "i2t.settings.json").read_text())
+    assert settings["prompt_text"] == AUTHORS_GEMMA_I2T

@@ -225,6 +225,21 @@ def test_read_generated_cqbench_layouts(tmp_path):
                                                                                     "Parsed Title"}}
     with pytest.raises(DataError, match="does not exist"):
         C.read_generated(tmp_path / "nope.jsonl")
+    empty = {**i2t, "parent_asin": "A3", "answer": "", "completion": '{"title": ""}'}  # the model wrote no title
+    (tmp_path / "cq" / "items" / "qwen7b" / "i2t.jsonl").write_text(json.dumps(empty) + "\n")
+    assert C.read_generated(tmp_path / "cq")[0][("qwen7b", "i2t")] == {("video_games", "A3"): ""}
+
+
+def test_low_coverage_note():
+    gen, base = C.Condition("qwen7b", "text", 1.0), C.Condition("zeros", "text", 1.0)
+    assert C.low_coverage_note("Video_Games", gen, {"missing": 100, "replaced": 90}) is None  # 90 % is enough
+    assert C.low_coverage_note("Video_Games", base, {"missing": 100, "replaced": 0}) is None
+    assert C.low_coverage_note("Video_Games", gen, {"missing": 100, "replaced": 89,
+                                                    "generations_for_category": 89}) == (
+        "low coverage: Video_Games qwen7b|text|1.0 replaced 89 of 100 missing text rows (89% < 90%); the other 11 "
+        "keep their ground-truth features")
+    assert C.low_coverage_note("All_Beauty", gen, {"missing": 5, "replaced": 0}).endswith(
+        "(not run: no generation for this category)")
 
 
 def test_table6_never_counts_a_baseline_as_the_best_completion():

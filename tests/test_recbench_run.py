@@ -62,11 +62,20 @@ def test_run_writes_results_tables_heatmap(bench_run):
     expected |= {("Video_Games", "tiny_vlm|text|1.0", m) for m in models}  # generated titles: Video_Games only
     expected |= {("All_Beauty", "tiny_vlm|image|1.0", m) for m in models}  # generated images: All_Beauty only
     assert got == expected
-    assert res["conditions"]["Video_Games"]["tiny_vlm|text|1.0"] == {
-        "replaced": 12, "generations_for_category": 12, "unloadable_generations": 0}
-    assert res["conditions"]["All_Beauty"]["tiny_vlm|image|1.0"]["replaced"] == 5
     n_items = res["data"]["Video_Games"]["items"]
-    assert n_items > 12 and res["conditions"]["Video_Games"]["zeros|text|1.0"] == {"replaced": n_items}
+    assert res["conditions"]["Video_Games"]["tiny_vlm|text|1.0"] == {
+        "missing": n_items, "replaced": 12, "generations_for_category": 12, "unloadable_generations": 0}
+    assert res["conditions"]["All_Beauty"]["tiny_vlm|image|1.0"]["replaced"] == 5
+    assert n_items > 12 and res["conditions"]["Video_Games"]["zeros|text|1.0"] == {"missing": n_items,
+                                                                                  "replaced": n_items}
+    # 12 generated titles for a category of n_items: most rows keep ground truth, and every output says so
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coverage"]["Video_Games"]["tiny_vlm|text|1.0"] == {"missing": n_items, "replaced": 12}
+    assert summary["coverage"]["Video_Games"]["tiny_vlm|image|1.0"] == {"missing": n_items, "replaced": 0}
+    note = (f"low coverage: Video_Games tiny_vlm|text|1.0 replaced 12 of {n_items} missing text rows "
+            f"({12 / n_items:.0%} < 90%); the other {n_items - 12} keep their ground-truth features")
+    assert note in summary["low_coverage"] and len(summary["low_coverage"]) == 4  # both tasks, both categories
+    assert summary["select_by"] == "valid" and summary["profile"] == "default"
     for r in res["results"]:
         assert set(r["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20, 50)}
         assert all(0.0 <= v <= 1.0 and v == round(v, 4) for v in r["test"].values())
@@ -83,6 +92,9 @@ def test_run_writes_results_tables_heatmap(bench_run):
     vbpr = (out / "tables" / "VBPR_i2t.md").read_text()
     assert "| Video_Games | tiny_vlm |" in vbpr and "| All_Beauty | Ground Truth |" in vbpr
     assert "| Video_Games | zeros |" in vbpr
+    assert f"- **{note}**" in vbpr and "tiny_vlm|image" not in vbpr  # the i2t table lists the i2t notes
+    assert "tiny_vlm|image|1.0 replaced 5 of" in (out / "tables" / "VBPR_t2i.md").read_text()
+    assert note in (out / "tables" / "table6.md").read_text()
     with Image.open(out / "heatmap.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
     assert len(list((out / "feature_cache").rglob("*.npy"))) >= 2 * n_items + 12 + 5  # gt text, images, generated

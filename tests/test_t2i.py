@@ -131,7 +131,7 @@ def test_clip_loads_local_files_and_names_what_is_missing(tmp_path, embedder, mo
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "w.pt")
     # A file holds weights only; the architecture comes from open_clip (ViT-B-32-quickgelu by default). Build the
     # tiny architecture instead of the 151M-parameter one to keep the test fast.
-    monkeypatch.setattr(open_clip, "create_model", lambda arch, pretrained=None: open_clip.CLIP(
+    monkeypatch.setattr(open_clip, "create_model", lambda arch, pretrained=None, **kw: open_clip.CLIP(
         embed_dim=32, vision_cfg=open_clip.CLIPVisionCfg(**TINY["vision_cfg"]),
         text_cfg=open_clip.CLIPTextCfg(**TINY["text_cfg"])))
     pixels = torch.rand(1, 3, 224, 224)

@@ -7,14 +7,14 @@ import json
 import os
 from pathlib import Path
 
-from mmpc_rl.data.build import build
+from mmpc_rl.data.build import DEFAULTS, PIPELINE_VERSION, build
 from mmpc_rl.data.images import resolve_image
 from mmpc_rl.data.reader import resolve_categories
 from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import DataError
 from mmpc_rl.io import read_jsonl
 
-SPLITS = ("train", "cqbench")
+SPLITS = ("train", "cqbench", "recbench")
 __all__ = ["DEFAULT_SEED", "DEFAULT_TEXT_FIELD", "SPLITS", "build_cached", "default_cache_dir", "load_items",
            "read_built", "resolve_source"]
 
@@ -29,10 +29,15 @@ def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict
     cats = built if categories is None else resolve_categories(out, categories)
     items = []
     for cat in cats:
-        path = out / cat / f"{split}.jsonl"
-        if not path.is_file():
+        path = out / cat / ("recbench/items.jsonl" if split == "recbench" else f"{split}.jsonl")
+        if not (out / cat).is_dir():
             raise DataError(f"{out} holds no {cat} data; categories there: {', '.join(built)}")
-        for item in read_jsonl(path):  # image paths are stored relative to the dataset folder
+        if not path.is_file():
+            why = " (built without its review file)" if split == "recbench" else ""
+            raise DataError(f"{out} has no {split} items for {cat}{why}; categories there: {', '.join(built)}")
+        for row in read_jsonl(path):  # image paths are stored relative to the dataset folder
+            item = ({"parent_asin": row["parent_asin"], "title": row.get("title") or "", "text": row.get("text") or "",
+                     "image": row.get("image"), "category": cat} if split == "recbench" else row)
             items.append({**item, "image": resolve_image(out, item.get("image"))})
     return items
 
@@ -56,9 +61,13 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
                cache_dir: str | os.PathLike | None = None, text_field: str = DEFAULT_TEXT_FIELD) -> list[dict]:
     """Items `{parent_asin, title, text, image, category}` of one split, category by category.
 
+    Splits: `train` (GRPO), `cqbench`, and `recbench`: every item of the category's RecBench dataset
+    (`<Category>/recbench/items.jsonl`, in itemID order, which is sorted parent_asin order as the authors'
+    imagine_amazon_data_rec.py takes `sorted(images)[:max_items]`), for generating the features RecBench replaces.
     `path`: "sample" (the generated catalog, built into `cache_dir` first), a raw folder of `meta_*.jsonl[.gz]`
     (run through `mmpc-rl data build` with its defaults into `cache_dir/built/...`, once), or the output of
-    `mmpc-rl data build`. The train and cqbench splits never share an item.
+    `mmpc-rl data build`. The train and cqbench splits never share an item; with the default
+    `cqbench_population=filtered` every cqbench item is also a recbench item.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
@@ -85,10 +94,14 @@ def load_items(path: str | os.PathLike = "sample", split: str = "train", categor
 
 
 def build_cached(source: Path, cats: list[str], seed: int, text_field: str, cache: Path) -> Path:
-    """Build a raw folder once per (source, categories, seed, text field); later calls reuse the output."""
-    key = json.dumps([str(source), cats, seed, text_field])
+    """Build a raw folder once per (source, categories, seed, text field, CQBench population, pipeline version);
+    later calls reuse the output."""
+    population = DEFAULTS["cqbench_population"]
+    key = json.dumps([str(source), cats, seed, text_field, population, PIPELINE_VERSION])
     out = cache / "built" / hashlib.sha1(key.encode()).hexdigest()[:16]
     done = out / "summary.json"
-    if not done.is_file() or json.loads(done.read_text())["options"]["source"] != str(source):
+    summary = json.loads(done.read_text()) if done.is_file() else {}
+    if (summary.get("options", {}).get("source") != str(source)
+            or summary.get("pipeline_version") != PIPELINE_VERSION):
         build(source=str(source), out=str(out), categories=cats, seed=seed, text_field=text_field, progress=False)
     return out

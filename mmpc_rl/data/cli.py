@@ -12,7 +12,8 @@ from mmpc_rl.errors import ConfigError
 from mmpc_rl.options import parse_options
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
-         "       mmpc-rl data build source=DIR|hub out=DIR [categories=[...]] [cqbench_per_category=1000] ...")
+         "       mmpc-rl data build source=DIR|hub out=DIR [categories=[...]] [cqbench_per_category=1000] "
+         "[cqbench_population=filtered|catalog] ...")
 
 
 def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...], command: str) -> dict:
@@ -44,7 +45,10 @@ def build_main(argv: list[str]) -> int:
         rec = s["recbench"]
         print(f"{cat}: {s['eligible']}/{s['items']} eligible, cqbench {s['cqbench']}, train {s['train']}, "
               f"recbench {rec.get('users', 0)} users / {rec.get('items', 0)} items / "
-              f"{rec.get('interactions', 0)} interactions, {sum(s['failed_images']['counts'].values())} failed images")
+              f"{rec.get('interactions', 0)} interactions ({rec.get('train_interactions', 0)} train), "
+              f"{sum(s['failed_images']['counts'].values())} failed images")
+        if s["cqbench_population"]["note"]:
+            print(f"{cat}: {s['cqbench_population']['note']}")
     print(f"{summary['images_downloaded_this_run']} images downloaded; summary: {out / 'summary.json'}")
     return 0
 

@@ -1,4 +1,5 @@
-"""RecBench user/item selection (the authors' procedure, or a literal k-core) and the per-user chronological split.
+"""RecBench user/item selection (the procedure of the authors' download_amazon_data_rec.py and process_all.py, or a
+literal k-core) and the per-user chronological split.
 
 Interactions of a whole category (tens of millions for Home & Kitchen) are held as three numpy columns with users as
 64-bit hashes, not as Python objects; user id strings are recovered only for the final, small set in a second pass.
@@ -35,26 +36,32 @@ def collect(path: Path, item_index: dict[str, int], stats: Stats, *, min_rating:
 
 def user_sequences(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, min_len: int = 5,
                    max_len: int = 20) -> dict[int, list[int]]:
-    """Each user's items in time order (first `max_len`), for users with at least `min_len` interactions."""
+    """Each user's items in time order (first `max_len`; equal times keep file order), for users with at least
+    `min_len` interactions, keyed in the order of each user's first row: the authors' dict of users is filled while
+    reading the review file, and the selection's stable sorts break ties by that order."""
     if len(users) == 0:
         return {}
-    order = np.lexsort((times, users))
+    order = np.lexsort((times, users))  # stable: rows of one user at one time keep their file order
     u, it = users[order], items[order]
     cut = np.flatnonzero(np.diff(u)) + 1
     starts, ends = np.r_[0, cut], np.r_[cut, len(u)]
-    keep = (ends - starts) >= min_len
-    return {int(u[s]): it[s:min(e, s + max_len)].tolist() for s, e in zip(starts[keep], ends[keep], strict=True)}
+    first_row = np.minimum.reduceat(order, starts)
+    keep = np.flatnonzero((ends - starts) >= min_len)
+    keep = keep[np.argsort(first_row[keep], kind="stable")]
+    return {int(u[starts[k]]): it[starts[k]:min(ends[k], starts[k] + max_len)].tolist() for k in keep}
 
 
 def select_users(seqs: dict[int, list[int]], target: int = 1000) -> list[int]:
-    """`_select_users_with_minimal_overlap`: short sequences first, each pass allowing more new items per user."""
-    order = sorted(seqs, key=lambda u: (len(seqs[u]), u))
+    """`_select_users_with_minimal_overlap` (download_amazon_data_rec.py): users by sequence length, a tie keeping
+    the order of `seqs` (a stable sort); a pass admits a user bringing at most 20 new items, then, below 80 % of the
+    target, 40; below 90 %, and then below the target, anyone."""
+    order = sorted(seqs, key=lambda u: len(seqs[u]))
     chosen: list[int] = []
     taken: set[int] = set()
     items: set[int] = set()
-    for limit, below in ((20, None), (40, 0.8), (None, 0.9)):
+    for limit, below in ((20, None), (40, 0.8), (None, 0.9), (None, 1.0)):
         if below is not None and len(chosen) >= below * target:
-            break
+            continue
         for u in order:
             if len(chosen) >= target:
                 break
@@ -67,12 +74,13 @@ def select_users(seqs: dict[int, list[int]], target: int = 1000) -> list[int]:
 
 
 def refilter(chosen: list[int], seqs: dict[int, list[int]], ok: set[int], *, min_len: int = 5) -> list[int]:
-    """Drop items without an image; keep users with >= min_len left; replace lost users past 10%."""
+    """Drop items without an image; keep users with >= min_len left; replace lost users past 10%, most surviving
+    items first, a tie keeping the order of `seqs` (`_find_replacement_users`' stable sort)."""
     kept = [u for u in chosen if sum(i in ok for i in seqs[u]) >= min_len]
     if len(chosen) - len(kept) > 0.1 * len(chosen):
         taken = set(kept)
         spare = [(sum(i in ok for i in seq), u) for u, seq in seqs.items() if u not in taken]
-        spare = sorted((s for s in spare if s[0] >= min_len), key=lambda s: (-s[0], s[1]))
+        spare = sorted((s for s in spare if s[0] >= min_len), key=lambda s: -s[0])
         kept += [u for _, u in spare[: len(chosen) - len(kept)]]
     return kept
 
@@ -114,7 +122,7 @@ def final_interactions(path: Path, whitelist: set[str], stats: Stats, *, users: 
                        ) -> list[tuple[str, str, float, int]]:
     """Every review of whitelisted items (of `users` if given), deduplicated, then k-cored.
 
-    dedup="triple": the authors' drop_duplicates on (user, item, timestamp); "pair": earliest per (user, item).
+    dedup="triple": process_all.py's drop_duplicates on (user, item, timestamp); "pair": earliest per (user, item).
     """
     rows = [r for r in iter_reviews(path, stats, progress=progress)
             if r[1] in whitelist and (users is None or user_hash(r[0]) in users)]

@@ -2,8 +2,8 @@
 
 Three categories, 72 items each (64 eligible), with a JPEG per item whose fill colour follows the colour word of the
 title and whose shape follows the product noun, so an image->title model has something real to learn. Reviews give
-~120 users per category 8-20 reviews each, mostly rated >= 4, clustered by taste, so the authors' RecBench filters
-(users >= 8, items >= 1) leave a small recommender dataset.
+~120 users per category 8-20 reviews each, mostly rated >= 4, clustered by taste, so the RecBench filters of the
+authors' process_all.py (users >= 8, items >= 1) leave a small recommender dataset.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def clean_title(meta: dict) -> str:
 
 
 def ineligible_reason(meta: dict) -> str | None:
-    """Why the authors' item filter (a title of at least 5 characters and a cover image) drops an item, or None."""
+    """Why the item filter of the authors' download_amazon_data_rec.py (a title of at least 5 characters and a cover
+    image) drops an item, or None."""
     if len(clean_title(meta)) < MIN_TITLE_CHARS:
         return "ineligible_title"
     if cover_url(meta.get("images")) is None:

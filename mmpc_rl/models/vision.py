@@ -56,13 +56,40 @@ def _sd3_from_pretrained(cls: Any, source: str, dtype: torch.dtype, name: str) -
 
 
 # -------------------------------------------------------------------------------------------------------- CLIP
+# Weights trained with QuickGELU (OpenAI's, and a few others open_clip tags `quick_gelu`) give wrong embeddings in an
+# nn.GELU network, and open_clip 3.x builds `ViT-B-32` with nn.GELU whatever weights it loads (it only warns). Every
+# route below therefore decides the activation from the weights: open_clip's pretrained registry for a tag, the repo
+# or folder name (its hub repo, e.g. `timm/vit_base_patch32_clip_224.openai`, or that repo's HF cache folder), the
+# folder's own `quick_gelu`, and a TorchScript archive (the format only `clip.load`'s OpenAI checkpoints use).
+def quickgelu_repos() -> set[str]:
+    """Hub repos (`org/name`) of the weights open_clip's registry marks as trained with QuickGELU."""
+    import open_clip
+
+    repos = set()
+    for model, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(model, tag)
+        if cfg.get("quick_gelu") and cfg.get("hf_hub"):
+            repos.add(cfg["hf_hub"].strip("/"))
+    return repos
+
+
+def names_quickgelu_weights(name_or_path: str) -> bool:
+    """True when a hub id, or a part of a local path, names QuickGELU-trained weights (see quickgelu_repos)."""
+    repos = quickgelu_repos()
+    ident = str(name_or_path).removeprefix("hf-hub:").strip("/")
+    if ident in repos:
+        return True
+    names = {r.split("/", 1)[1] for r in repos} | {"models--" + r.replace("/", "--") for r in repos}
+    return any(part in names for part in Path(ident).parts)
+
+
 def _clip_from_file(path: Path, arch: str) -> Any:
     import open_clip
 
-    model = open_clip.create_model(arch, pretrained=None)
     try:  # openai's own checkpoints are TorchScript archives, which torch.load(weights_only=True) refuses
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        state, openai_archive = torch.jit.load(str(path), map_location="cpu").state_dict(), True
     except RuntimeError:
+        openai_archive = False
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -70,15 +97,28 @@ def _clip_from_file(path: Path, arch: str) -> Any:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
+    quick = openai_archive or names_quickgelu_weights(str(path))
+    model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick)
     for key in ("input_resolution", "context_length", "vocab_size"):  # JIT archive metadata, not parameters
         state.pop(key, None)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in dict(state).items()}
     model.load_state_dict(state, strict=True)
     return model
 
 
+def _folder_quickgelu(path: Path) -> bool:
+    import json
+
+    try:
+        cfg = json.loads((path / "open_clip_config.json").read_text())
+    except (OSError, ValueError):
+        return names_quickgelu_weights(str(path))  # open_clip reports the unreadable config itself
+    return bool(cfg.get("model_cfg", {}).get("quick_gelu")) or names_quickgelu_weights(str(path.resolve()))
+
+
 def load_open_clip(name_or_path: str, arch: str | None = None) -> Any:
-    """The open_clip model for any form in mmpc_rl.clip's docstring, uncached, or a one-line ModelLoadError."""
+    """The open_clip model for any form in mmpc_rl.clip's docstring, uncached, or a one-line ModelLoadError.
+    QuickGELU-trained weights (OpenAI's) always get a QuickGELU network, on every route."""
     import open_clip
 
     source = resolve_scheme(name_or_path)
@@ -88,15 +128,17 @@ def load_open_clip(name_or_path: str, arch: str | None = None) -> Any:
             if not (path / "open_clip_config.json").is_file():
                 raise ModelLoadError(f"CLIP folder {path} has no open_clip_config.json (expected the open_clip hub "
                                      "layout: open_clip_config.json + open_clip_model.safetensors)")
-            return open_clip.create_model(f"local-dir:{path}")
+            return open_clip.create_model(f"local-dir:{path}", force_quick_gelu=_folder_quickgelu(path))
         if path.is_file():
             return _clip_from_file(path, arch or "ViT-B-32-quickgelu")
         if source.startswith(("/", ".", "~")):
             raise ModelLoadError(f"CLIP checkpoint {source} does not exist")
         if "/" in source and source.split("/", 1)[0] in open_clip.list_models():
             model_name, tag = source.split("/", 1)
-            return open_clip.create_model(model_name, pretrained=tag)
-        return open_clip.create_model(source if source.startswith("hf-hub:") else f"hf-hub:{source}")
+            quick = bool(open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu"))
+            return open_clip.create_model(model_name, pretrained=tag, force_quick_gelu=quick)
+        hub = source if source.startswith("hf-hub:") else f"hf-hub:{source}"
+        return open_clip.create_model(hub, force_quick_gelu=names_quickgelu_weights(hub))
     except ModelLoadError:
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError with multi-line hub details

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,18 @@ from mmpc_rl.recbench.report import write_reports
 from mmpc_rl.recbench.trainer import TrainConfig, make_evaluators, select_best, train_one
 from mmpc_rl.recbench.trainer import grid_points as default_grid_points
 
+# What `profile=` sets unless the key is given itself. paper: the authors' Recbench/src/main.py runs MMRec's
+# quick_start, which keeps the grid point with the highest *test* Recall@20 (enoche/MMRec src/utils/quick_start.py,
+# `best_test_upon_valid[val_metric] > best_test_value`).
+PROFILES: dict[str, dict[str, Any]] = {"default": {"select_by": "valid"}, "paper": {"select_by": "test"}}
+
 
 @dataclass
 class RecBenchConfig(TrainConfig):
     """The CLI's flat options: TrainConfig's (epochs=, batch_size=, select_by=, ...) plus the run's own."""
 
+    profile: str = "default"  # a key of PROFILES
+    select_by: str | None = None  # None: the profile's ("valid"; "test" under profile=paper)
     data_dir: str = "sample"  # a `mmpc-rl data build` output, or "sample" (built from the sample catalog)
     out: str = "runs/recbench"
     categories: list[str] | None = None  # None: every <data_dir>/<Category>/recbench found
@@ -54,6 +61,13 @@ class RecBenchConfig(TrainConfig):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
+
+
+def with_profile(cfg: RecBenchConfig) -> RecBenchConfig:
+    """The config with each key left unset (None) filled from its profile; keys given one by one win."""
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"profile={cfg.profile!r}; valid choices: {', '.join(PROFILES)}")
+    return replace(cfg, **{k: v for k, v in PROFILES[cfg.profile].items() if getattr(cfg, k) is None})
 
 
 def validate(cfg: RecBenchConfig) -> None:
@@ -145,18 +159,23 @@ class CategoryFeatures:
         good = [k for k in range(len(ids)) if ok is None or ok[k]]
         return {ids[k]: vecs[k] for k in good}, len(ids) - len(good)
 
+    def coverage(self, cond: C.Condition) -> dict:
+        """{"missing": rows the condition replaces, "replaced": rows that get other features} (+ generation counts)."""
+        missing = C.missing_ids(self.data.n_items, cond.rate)
+        if cond.method in C.BASELINES:
+            return {"missing": len(missing), "replaced": len(missing)}
+        repl, unusable = self._replacements(cond)
+        return {"missing": len(missing), "replaced": sum(i in repl for i in missing),
+                "generations_for_category": len(repl), "unloadable_generations": unusable}
+
     def features(self, cond: C.Condition) -> dict[str, torch.Tensor | None]:
         feats = dict(self.gt)
         if cond.method != "ground_truth":
             base = self.gt[cond.missing]
             if cond.method in C.BASELINES:
-                feats[cond.missing], n = C.baseline_features(base, cond.method, cond.rate)
-                self.info[cond.name] = {"replaced": n}
+                feats[cond.missing], _ = C.baseline_features(base, cond.method, cond.rate)
             else:
-                repl, unusable = self._replacements(cond)
-                feats[cond.missing], n = C.generated_features(base, repl, cond.rate)
-                self.info[cond.name] = {"replaced": n, "generations_for_category": len(repl),
-                                        "unloadable_generations": unusable}
+                feats[cond.missing], _ = C.generated_features(base, self._replacements(cond)[0], cond.rate)
         return {m: (torch.from_numpy(np.ascontiguousarray(feats[m], dtype=np.float32)) if m in feats else None)
                 for m in ("text", "image")}
 
@@ -172,8 +191,10 @@ def _fingerprint(cfg: RecBenchConfig, text_enc, image_enc) -> str:
     def enc_key(enc) -> str | None:  # an encoder without a cache key (a plain callable) never matches across runs
         return None if enc is None else (enc.cache.dir.name if enc.cache.dir else f"uncached-{id(enc)}")
 
-    parts = [asdict(cfg.train_config()), cfg.modalities, cfg.text_field, cfg.knn_k, cfg.mm_image_weight,
-             enc_key(text_enc), enc_key(image_enc)]
+    # select_by only reads finished runs, so both rules share them
+    train = {k: v for k, v in asdict(cfg.train_config()).items() if k != "select_by"}
+    parts = [train, cfg.modalities, cfg.text_field, cfg.knn_k, cfg.mm_image_weight, enc_key(text_enc),
+             enc_key(image_enc)]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -183,6 +204,7 @@ def _key(fingerprint: str, category: str, cond: C.Condition, model: str, hyper: 
 
 def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
     """Run the benchmark; encoders may be given as objects (tests, notebooks) instead of cfg's model names."""
+    cfg = with_profile(cfg)
     validate(cfg)
     out = Path(cfg.out).expanduser()
     data_dir = resolve_data_dir(cfg)
@@ -209,16 +231,23 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
     done = {r["key"]: r for r in read_jsonl(runs_path, repair=True)}
     tcfg = cfg.train_config()
     fingerprint = _fingerprint(cfg, text_enc, image_enc)
-    selected, summaries, cond_info = [], {}, {}
+    selected, summaries, cond_info, notes = [], {}, {}, []
     for cat in categories:
         data = load_category(data_dir, cat)
         summaries[cat] = data.summary()
         feats = CategoryFeatures(data, cfg, text_enc, image_enc, generated)
+        cond_info[cat] = {**feats.info, **{c.name: feats.coverage(c) for c in conds[1:]}}
+        for c in conds[1:]:
+            note = C.low_coverage_note(cat, c, cond_info[cat][c.name])
+            if note:
+                print(f"mmpc-rl: {note}")
+                notes.append({"category": cat, "condition": c.name, "task": c.task, "note": note})
+        _write_summary(out, cfg, summaries, cond_info, notes, gen_skips)
         evaluators = make_evaluators(data, tcfg, device)
         for cond in conds:
-            f = feats.features(cond)
-            if cond.name in feats.info and feats.info[cond.name].get("generations_for_category") == 0:
+            if cond_info[cat].get(cond.name, {}).get("generations_for_category") == 0:
                 continue  # no generation for this category: the run would repeat ground truth
+            f = feats.features(cond)
             for model in cfg.models:
                 grid = default_grid_points(model, {**GRIDS[model], **((cfg.grid or {}).get(model) or {})})
                 extra = {}
@@ -242,10 +271,20 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
                                  "test": best["test"], "grid": [{k: r[k] for k in ("hyper", "best_epoch", "valid",
                                                                                    "test", "sec_per_epoch",
                                                                                    "sec_per_eval")} for r in runs]})
-        cond_info[cat] = feats.info
-    reports = write_reports(selected, out)
-    results = {"config": asdict(cfg), "device": str(device), "select_by": cfg.select_by, "data": summaries,
-               "conditions": cond_info, "generated_skipped": gen_skips, "results": selected,
-               "table6": reports["table6"], "files": reports["files"]}
+    reports = write_reports(selected, out, notes)
+    results = {"config": asdict(cfg), "device": str(device), "profile": cfg.profile, "select_by": cfg.select_by,
+               "data": summaries, "conditions": cond_info, "low_coverage": notes, "generated_skipped": gen_skips,
+               "results": selected, "table6": reports["table6"], "files": reports["files"]}
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _write_summary(out: Path, cfg: RecBenchConfig, data: dict, info: dict, notes: list[dict], skipped: dict) -> None:
+    """`<out>/summary.json`, rewritten as each category's conditions are known (before its training starts): the
+    selection rule, the data sizes and each condition's coverage."""
+    coverage = {cat: {name: {"missing": i["missing"], "replaced": i["replaced"]} for name, i in conds.items()
+                      if "missing" in i} for cat, conds in info.items()}
+    atomic_write_json(out / "summary.json", {"profile": cfg.profile, "select_by": cfg.select_by,
+                                             "coverage_floor": C.COVERAGE_FLOOR, "data": data, "coverage": coverage,
+                                             "low_coverage": [n["note"] for n in notes],
+                                             "generated_skipped": skipped})

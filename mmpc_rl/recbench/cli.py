@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from mmpc_rl.options import parse_options
 from mmpc_rl.recbench.bench import RecBenchConfig, run
+from mmpc_rl.recbench.conditions import COVERAGE_FLOOR
 
 USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbench_results.jsonl,...]] "
-         "[models=[VBPR,BM3,FREEDOM]] [rates=[1.0]] [select_by=valid|test] [key=value ...]")
+         "[models=[VBPR,BM3,FREEDOM]] [rates=[1.0]] [profile=default|paper] [select_by=valid|test] [key=value ...]")
 
 
 def parse_config(argv: list[str]) -> RecBenchConfig:
@@ -26,5 +27,9 @@ def main(argv: list[str]) -> int:
             print(f"{gt}, best completion {t['rel_diff_best']['recall@20']:+.2%}")
         else:
             print(f"{gt}; no generated completion for this task (baselines only)")
-    print(f"results: {cfg.out}/results.json; tables: {cfg.out}/tables/; heatmap: {cfg.out}/heatmap.png")
+    if results["low_coverage"]:
+        print(f"{len(results['low_coverage'])} condition(s) replaced fewer than {COVERAGE_FLOOR:.0%} of their missing "
+              "rows (listed above, in summary.json and under the tables)")
+    print(f"results: {cfg.out}/results.json; summary (coverage): {cfg.out}/summary.json; tables: {cfg.out}/tables/; "
+          f"heatmap: {cfg.out}/heatmap.png")
     return 0

@@ -1,9 +1,11 @@
 """Feature conditions: ground truth, one modality replaced by features of generated content for a fraction of the
 items, and the zeros / random baselines; plus a tolerant reader for CQBench results files.
 
-Missing items: `random.Random(42).sample(sorted item ids, int(N * rate))` (the authors sample an unsorted set,
-which is not reproducible across processes; the sort is the fix the spec asks for). Generated features replace the
-missing items that have a generation; the others keep their original features (as the authors' files do).
+Missing items: `random.Random(42).sample(sorted item ids, int(N * rate))` (the authors'
+`extract_features_missing.py` samples an unsorted set, which is not reproducible across processes; the sort is the
+fix the spec asks for). Generated features replace the missing items that have a generation; the others keep their
+original features (as the authors' `extract_features_missing.py` does). A condition's coverage counts both, and one
+that replaces fewer than `COVERAGE_FLOOR` of its missing rows is reported: it mostly measures the ground truth.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mmpc_rl.io import read_jsonl
 TASK_MODALITY = {"i2t": "text", "t2i": "image"}  # the modality a task's generations stand in for
 MODALITY_TASK = {v: k for k, v in TASK_MODALITY.items()}
 BASELINES = ("zeros", "random")
+COVERAGE_FLOOR = 0.9
 
 ASIN_KEYS = ("parent_asin", "asin", "item_id", "id")
 # CQBench's per-item records keep the parsed title in `answer` (`completion` is the raw model output)
@@ -63,6 +66,17 @@ def baseline_features(feat: np.ndarray, method: str, rate: float, seed: int = 42
     else:
         raise ValueError(f"unknown baseline {method!r}")
     return out, len(ids)
+
+
+def low_coverage_note(category: str, cond: Condition, coverage: dict) -> str | None:
+    """One line when a generated condition replaces fewer than COVERAGE_FLOOR of its missing rows, else None."""
+    missing, replaced = coverage["missing"], coverage["replaced"]
+    if cond.method in BASELINES or not missing or replaced >= COVERAGE_FLOOR * missing:
+        return None
+    skipped = " (not run: no generation for this category)" if not coverage.get("generations_for_category") else ""
+    return (f"low coverage: {category} {cond.name} replaced {replaced} of {missing} missing {cond.missing} rows "
+            f"({replaced / missing:.0%} < {COVERAGE_FLOOR:.0%}); the other {missing - replaced} keep their "
+            f"ground-truth features{skipped}")
 
 
 def generated_features(feat: np.ndarray, replacements: dict[int, np.ndarray], rate: float,
@@ -123,6 +137,15 @@ def _first(rec: dict, keys: tuple[str, ...]):
     return None
 
 
+def _text(rec: dict):
+    """The first text field present: an empty `answer` (CQBench parsed an empty title) is that empty title, not a
+    reason to fall back to the raw completion."""
+    for key in TEXT_KEYS:
+        if isinstance(rec.get(key), str):
+            return rec[key]
+    return None
+
+
 def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, dict]:
     """{(method, task): {(category, parent_asin): title-or-image-path}} from a CQBench results file, and skip counts.
 
@@ -146,7 +169,7 @@ def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, d
             skipped["no_id"] += 1
             continue
         task = rec.get("task") or default_task
-        text, image = _first(rec, TEXT_KEYS), _first(rec, IMAGE_KEYS)
+        text, image = _text(rec), _first(rec, IMAGE_KEYS)
         if task is None:
             task = "t2i" if (image is not None and text is None) else "i2t"
         if task not in TASK_MODALITY:

@@ -1,8 +1,9 @@
-"""RecBench item features, as the authors extract them, cached on disk per item keyed by content.
+"""RecBench item features, as the authors' Recbench/preprocessing/extract_features_missing.py extracts them, cached
+on disk per item keyed by content.
 
 - text: all-MiniLM-L6-v2 (`SentenceTransformer.encode`, batch 512; the model mean-pools and L2-normalises) -> 384-d;
 - image: timm `vit_base_patch16_224` `forward_features(x)[:, 0]` (CLS after the final norm) -> 768-d, after
-  `Resize((224, 224))` and ImageNet mean/std (the authors' code, not timm's own 0.5/0.5 config). Items whose image
+  `Resize((224, 224))` and ImageNet mean/std (that script's, not timm's own 0.5/0.5 config). Items whose image
   cannot be loaded get the mean embedding of the loaded ones.
 
 Both encoders are injectable: a hub id / local path, or an in-process object (a SentenceTransformer, a timm model,

@@ -45,8 +45,15 @@ def _rows_for(results: list[dict], task: str) -> list[dict]:
     return [r for r in results if r["method"] == "ground_truth" or r["missing"] == modality]
 
 
-def per_model_tables(results: list[dict], out_dir: Path) -> list[Path]:
-    """tables/<MODEL>_<task>.md|.csv: Dataset | Completion Method | R@5 N@5 ... N@50 (test, at the best valid)."""
+def coverage_lines(notes: list[dict], task: str | None = None) -> str:
+    """The low-coverage lines (of one task), one per (category, condition), as a markdown block ("" if none)."""
+    lines = [n["note"] for n in notes if task is None or n["task"] == task]
+    return "".join(f"\n- **{line}**" for line in lines) + ("\n" if lines else "")
+
+
+def per_model_tables(results: list[dict], out_dir: Path, notes: list[dict] = ()) -> list[Path]:
+    """tables/<MODEL>_<task>.md|.csv: Dataset | Completion Method | R@5 N@5 ... N@50 (test, at the best valid); the
+    markdown lists the task's low-coverage conditions under the table."""
     written = []
     for model in sorted({r["model"] for r in results}):
         for task in TASK_MODALITY:
@@ -61,7 +68,8 @@ def per_model_tables(results: list[dict], out_dir: Path) -> list[Path]:
                     rows.append([cat, method_label(r)] + [f"{r['test'][c]:.4f}" for c in COLUMNS])
             header = ["Dataset", "Completion Method"] + [HEADER[c] for c in COLUMNS]
             title = f"# {model}: {TASK_TITLE[task]}\n\nTest metrics at the best-valid epoch. R = Recall, N = NDCG.\n\n"
-            for ext, text in (("md", title + _md(header, rows)), ("csv", _csv(header, rows))):
+            md = title + _md(header, rows) + coverage_lines(list(notes), task)
+            for ext, text in (("md", md), ("csv", _csv(header, rows))):
                 written.append(atomic_write_text(out_dir / "tables" / f"{model}_{task}.{ext}", text))
     return written
 
@@ -105,7 +113,7 @@ def table6(results: list[dict]) -> dict:
     return out
 
 
-def table6_markdown(t6: dict) -> str:
+def table6_markdown(t6: dict, notes: list[dict] = ()) -> str:
     header = ["Task", "Completion"] + [HEADER[c] for c in TABLE6_COLUMNS]
     rows = []
     for task, t in t6.items():
@@ -118,7 +126,8 @@ def table6_markdown(t6: dict) -> str:
             rows.append([task, f"Rel. Diff. {label} (vs. GT)"] + cells)
     return ("# Table 6: averaged over categories and recommenders\n\n"
             "Rel. Diff. best = best completion vs ground truth (the paper's row); mean = mean completion. "
-            "zeros/random baselines are listed but not counted as completions.\n\n" + _md(header, rows))
+            "zeros/random baselines are listed but not counted as completions.\n\n" + _md(header, rows)
+            + coverage_lines(list(notes)))
 
 
 def heatmap_matrix(results: list[dict], metric: str = "recall@20") -> tuple[list[str], list[str], np.ndarray]:
@@ -172,11 +181,12 @@ def heatmap(results: list[dict], path: Path, metric: str = "recall@20") -> Path 
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_reports(results: list[dict], out_dir: Path) -> dict:
+def write_reports(results: list[dict], out_dir: Path, notes: list[dict] = ()) -> dict:
+    """The tables and the heatmap; `notes`: the low-coverage conditions ({category, condition, task, note})."""
     out_dir = Path(out_dir)
-    paths = [str(p) for p in per_model_tables(results, out_dir)]
+    paths = [str(p) for p in per_model_tables(results, out_dir, notes)]
     t6 = table6(results)
-    paths.append(str(atomic_write_text(out_dir / "tables" / "table6.md", table6_markdown(t6))))
+    paths.append(str(atomic_write_text(out_dir / "tables" / "table6.md", table6_markdown(t6, notes))))
     png = heatmap(results, out_dir / "heatmap.png")
     if png:
         paths.append(str(png))
