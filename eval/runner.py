@@ -58,11 +58,21 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process; under accelerate/torchrun this starts the process group."""
+    return _dist()
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def barrier() -> None:
+    """Wait for every process of a distributed run (nothing to wait for in one process)."""
+    _barrier()
 
 
 def score_batch(task: Task, batch: list[dict], answers: list[str], scorers: Scorers, *, image_dir: Path | None,
