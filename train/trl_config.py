@@ -27,6 +27,7 @@ def build_grpo_config(recipe: Recipe) -> GRPOConfig:
         # TRL's default (8) would be checked against the group size with a message about generation batches
         raise ConfigError("the recipe leaves its memory layout open (trainer.per_device_train_batch_size unset): "
                           "resolve it first with mmpc_rl.train.builder.resolve_layout(recipe), as build_trainer does")
+    opts.pop("overwrite_output_dir", None)  # ours, not GRPOConfig's (mmpc_rl.checks.TRAINER_EXTRA)
     opts["reward_weights"] = recipe.reward_weights
     if not torch.cuda.is_available() and not opts.get("use_cpu"):
         # TRL would stop with "Your setup doesn't support bf16/gpu"; a CPU run of a real recipe is what a
