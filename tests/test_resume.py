@@ -271,11 +271,12 @@ def _finished(root: Path, step: int = 4, final: bool = True, *argv: str) -> Path
     """A run of the demo recipe (+ argv) that trained `step` steps: its config, its last checkpoint and (`final`) a
     whole final result."""
     from mmpc_rl.config import load_recipe
+    from mmpc_rl.train.builder import resolve_layout
     from mmpc_rl.train.run_config import save_config
 
     state = json.dumps({"global_step": step, "max_steps": step, "num_train_epochs": 1})
     _checkpoint(root, step, state=state)
-    save_config(load_recipe(["recipe=demo-i2t", f"trainer.output_dir={root}", *argv]), root)
+    save_config(resolve_layout(load_recipe(["recipe=demo-i2t", f"trainer.output_dir={root}", *argv])), root)
     if final:
         save_file({"w": torch.ones(4)}, str(root / "adapter_model.safetensors"))
         for name in ("adapter_config.json", "tokenizer_config.json", "processor_config.json"):
@@ -318,16 +319,18 @@ def test_finished_run_check(capsys, tmp_path, extra, final, finished):
     (lambda out: (out / "processor_config.json").write_text('{"image_proc'), "processor_config.json: does not parse"),
 ])
 def test_a_broken_final_result_is_finished_again_from_the_last_checkpoint(capsys, tmp_path, damage, why):
-    from mmpc_rl.train.resume import final_problem, finished_run
+    from mmpc_rl.train.resume import final_problem, finished_run, refinish_point
 
     out = _finished(tmp_path / "run")
     opts = {"output_dir": str(out), "resume_from_checkpoint": "auto", "max_steps": 4}
-    assert final_problem(out) is None and "already finished" in finished_run(opts)
+    assert final_problem(out) is None and "already finished" in finished_run(opts) and refinish_point(opts) is None
     damage(out)
     assert why in final_problem(out)
-    assert finished_run(opts) is None  # not finished: the resume runs, from checkpoint-4, and saves it again
+    assert finished_run(opts) is None  # not finished: it is ended again from checkpoint-4
+    assert refinish_point(opts) == str(out / "checkpoint-4")
     assert f"its final result is incomplete ({why}" in capsys.readouterr().err
-    assert finished_run({**opts, "resume_from_checkpoint": str(out / "checkpoint-4")}) is None
+    assert refinish_point({**opts, "resume_from_checkpoint": str(out / "checkpoint-4")}) == str(out / "checkpoint-4")
+    assert refinish_point({**opts, "max_steps": 6}) is None  # more to train: an ordinary resume
 
 
 def test_a_fresh_run_over_a_finished_one_is_refused(capsys, tmp_path):

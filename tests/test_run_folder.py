@@ -17,6 +17,7 @@ import pytest
 from mmpc_rl.config import load_recipe
 from mmpc_rl.errors import ConfigError, run_cli
 from mmpc_rl.lock import LOCK_NAME, FolderLock
+from mmpc_rl.train.builder import resolve_layout
 from mmpc_rl.train.run_config import save_config
 from mmpc_rl.train.run_folder import claim_run_folder, continue_layout, folder_problem
 
@@ -26,7 +27,8 @@ NO_DATA = "data path '/no/such/catalog' does not exist"
 
 
 def _recipe(out: Path, *extra: str):
-    return load_recipe([*BASE, f"trainer.output_dir={out}", *extra])
+    """The recipe as a run sees it: its layout resolved (as config.yaml records it)."""
+    return resolve_layout(load_recipe([*BASE, f"trainer.output_dir={out}", *extra]))
 
 
 def _old_run(out: Path, *extra: str) -> Path:
@@ -118,8 +120,8 @@ def test_a_resume_keeps_the_runs_own_layout(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     save_config(_recipe(out, "trainer.per_device_train_batch_size=4", "trainer.gradient_accumulation_steps=2"), out)
-    open_layout = _recipe(out, "trainer.resume_from_checkpoint=auto", "trainer.per_device_train_batch_size=null",
-                          "trainer.gradient_accumulation_steps=null")
+    open_layout = load_recipe([*BASE, f"trainer.output_dir={out}", "trainer.resume_from_checkpoint=auto",
+                               "trainer.per_device_train_batch_size=null", "trainer.gradient_accumulation_steps=null"])
     got = continue_layout(open_layout).trainer
     assert (got["per_device_train_batch_size"], got["gradient_accumulation_steps"]) == (4, 2)
 

@@ -225,3 +225,22 @@ def check_resumed_adapter(trainer, checkpoint: str | None) -> None:
     if checkpoint and hasattr(trainer.model, "peft_config") and not trainer.is_deepspeed_enabled:
         if (Path(checkpoint) / "adapter_config.json").is_file():
             load_adapter_weights(trainer.model, checkpoint, adapter_name=trainer.model.active_adapter)
+
+
+def finish_again(trainer, checkpoint: str) -> None:
+    """End a run whose training is done but whose final result is missing or broken: the checkpoint's weights and
+    state are loaded and the run's start and end callbacks run (CQBench "before" is reused, "after" made, the final
+    adapter, processor, curves and state saved: RunEnd), without a training step."""
+    from transformers import TrainerState
+
+    if trainer.is_deepspeed_enabled:
+        raise ConfigError(f"the run's final result is incomplete and {checkpoint} is at max_steps: finish it again "
+                          "in one process (without DeepSpeed), or copy that checkpoint's adapter into the run folder")
+    check_resumed_adapter(trainer, checkpoint)
+    trainer._load_from_checkpoint(checkpoint)  # the HF Trainer's own loader, as train() would call it
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    state.is_world_process_zero, state.is_local_process_zero = (trainer.is_world_process_zero(),
+                                                                trainer.is_local_process_zero())
+    trainer.state = state
+    trainer.callback_handler.on_train_begin(trainer.args, state, trainer.control)
+    trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)

@@ -177,27 +177,36 @@ def _trained_out(trainer: Mapping[str, Any], state: dict) -> int | None:
 
 def finished_run(trainer: Mapping[str, Any]) -> str | None:
     """Why resuming has nothing to do, or None. A run that reached its max_steps and left a whole final result
-    (final_problem), resumed, would train one more step past it and overwrite its final adapter; the entry point
-    stops instead. A run whose training is done but whose final result is missing or broken (killed while saving
-    it, a truncated adapter) is finished again from its last complete checkpoint: None, with a line saying so."""
-    value = trainer.get("resume_from_checkpoint")
-    if value in (None, "", False):
+    (final_problem), resumed, would train one more step past it (the HF Trainer always takes a step after loading
+    a checkpoint) and overwrite its final adapter; the entry point stops instead."""
+    if not _resuming(trainer):
         return None
     out = Path(str(trainer.get("output_dir")))
-    broken = final_problem(out)
-    if broken is None and (state := _state(out / "trainer_state.json")) is not None:
-        wanted = _trained_out(trainer, state)
-        if wanted is None:
-            return None
-        return (f"the run in {out} already finished at step {state['global_step']} (max_steps={wanted}), see "
-                f"{out / 'trainer_state.json'}; nothing to train and its adapter is left as it is (raise "
-                "trainer.max_steps to train on, or use a new output_dir)")
-    if value is True or str(value).lower() == "auto":
-        ckpt = last_complete_checkpoint(out)
-    else:
-        ckpt = str(value)
+    state = _state(out / "trainer_state.json")
+    if state is None or final_problem(out) is not None or (wanted := _trained_out(trainer, state)) is None:
+        return None
+    return (f"the run in {out} already finished at step {state['global_step']} (max_steps={wanted}), see "
+            f"{out / 'trainer_state.json'}; nothing to train and its adapter is left as it is (raise "
+            "trainer.max_steps to train on, or use a new output_dir)")
+
+
+def refinish_point(trainer: Mapping[str, Any]) -> str | None:
+    """The checkpoint to finish a run again from, when its training is done (the checkpoint a resume would load is
+    at max_steps) but its final result is missing or broken (killed while saving it, a truncated adapter); None
+    otherwise. The entry point then loads that checkpoint and ends the run (train.builder.finish_again) instead of
+    training: a resume from it would train a step past max_steps."""
+    if not _resuming(trainer) or finished_run(trainer) is not None:
+        return None
+    out = Path(str(trainer.get("output_dir")))
+    value = trainer.get("resume_from_checkpoint")
+    ckpt = last_complete_checkpoint(out) if value is True or str(value).lower() == "auto" else str(value)
     state = _state(Path(ckpt) / "trainer_state.json") if ckpt else None
-    if state is not None and _trained_out(trainer, state) is not None:
-        print(f"mmpc-rl: the run in {out} trained to step {state['global_step']} but its final result is incomplete "
-              f"({broken}): finishing it again from {Path(ckpt).name}", file=sys.stderr)
-    return None
+    if state is None or _trained_out(trainer, state) is None:
+        return None
+    print(f"mmpc-rl: the run in {out} trained to step {state['global_step']} but its final result is incomplete "
+          f"({final_problem(out)}): finishing it again from {Path(ckpt).name}", file=sys.stderr)
+    return ckpt
+
+
+def _resuming(trainer: Mapping[str, Any]) -> bool:
+    return trainer.get("resume_from_checkpoint") not in (None, "", False)
