@@ -114,7 +114,8 @@ def _finish(ax, title: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.2)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # a panel whose curves logged no number has nothing to name
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
 
 
 def _save(fig, path: Path) -> Path:

@@ -15,8 +15,10 @@ from mmpc_rl.data import load_items
 from mmpc_rl.tasks import get_task
 from mmpc_rl.tiny import qwen
 
-VERSION = "2"
-STEPS = 25  # measured: after 40 every greedy held-out answer already parsed, leaving only titles to learn
+VERSION = "3"
+# measured with the demo under three trainer seeds: after 25 steps the policy already wrote JSON ~78 % of the time and
+# the demo's reward no longer rose; after 15, ~55 %, and 40 GRPO steps raised it by 0.10-0.30 under each seed
+STEPS = 15
 BATCH = 8
 LR = 3e-3
 
