@@ -21,4 +21,4 @@ for var in DATA OUT SOURCE LPIPS; do
 done
 name=()
 [ $# -gt 0 ] && { name=("$1"); shift; }
-exec "$py" -m mmpc_rl.bench.reproduce "${name[@]}" "${args[@]}" "$@"
+exec "$py" -m mmpc_rl.bench.reproduce ${name[@]+"${name[@]}"} ${args[@]+"${args[@]}"} "$@"
