@@ -43,7 +43,7 @@ class ModelLoading:
 
     dtype: str = "bfloat16"
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
-    qlora: bool = False  # 4-bit NF4 + double quantisation, bf16 compute (the paper's setup)
+    qlora: bool = False  # 4-bit NF4 + double quantisation, computing in `dtype` (bf16 if "auto")
     min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
     max_pixels: int | None = None
 
@@ -65,7 +65,7 @@ class CQBenchScoring:
     split: str = "cqbench"
     batch_size: int = 16
     max_new_tokens: int | None = 128
-    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
+    bertscore: str | None = None  # None: no BERTScore; "roberta-large" (the authors' evaluate default), or a folder
     bertscore_layers: int | None = None
     lpips: str | None = None  # t2i: torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     clip: str | None = None  # t2i: CLIP ViT-B/32 (hub id, local folder or tiny://clip); None: no CLIP similarity

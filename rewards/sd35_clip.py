@@ -1,7 +1,9 @@
 """sd35_clip: render the completion's image prompt with SD3.5-large-turbo and score the renders against the real
 product image with CLIP image-image cosine (CQBench's CLIP, openai ViT-B/32), averaged over `num_images` renders.
 
-Design for signal (the paper saw no upward trend on this reward and blamed its noise):
+Design for signal (the paper saw "no upward trend during training" on this reward and calls for "more sophisticated
+reward designs"; a noisy reward makes the group comparison GRPO learns from weaker, so the noise is cut where it is
+free):
 - Common random numbers: render seed k of an item is derived from (item id, k, `seed`), so every completion of a
   group is rendered on the same `num_images` noises and the group comparison reflects the prompt, not the seed.
 - Dedupe: identical (prompt, seed) pairs in a generation batch render once; text encodings are cached per prompt.

@@ -68,7 +68,7 @@ def build_dataset(recipe: Recipe, task: Task, split: str | None = None, limit: i
 def build_policy(recipe: Recipe, args):
     """The policy and its processor. For 4-bit (`model.qlora`) nothing is upcast: peft's
     `prepare_model_for_kbit_training` would turn embed_tokens and lm_head (1.09 B parameters at Qwen2.5-VL-7B) and
-    every norm to fp32, +2.2 GB of weights and an fp32 residual stream, for no gain the paper's setup needs; TRL
+    every norm to fp32, +2.2 GB of weights and an fp32 residual stream, for no gain this recipe needs; TRL
     itself enables input gradients for checkpointing. The plain-TRL QLoRA anchor (11.5 GB) ran without it too."""
     model_cfg = recipe.model
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()

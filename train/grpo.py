@@ -1,7 +1,7 @@
 """GRPO fine-tuning of a vision-language model that completes a missing product modality.
 
     accelerate launch train/grpo.py recipe=i2t                              # Qwen2.5-VL-7B, bf16 LoRA, one GPU
-    accelerate launch train/grpo.py recipe=i2t model.qlora=true             # 4-bit NF4 QLoRA (the paper's setup)
+    accelerate launch train/grpo.py recipe=i2t model.qlora=true             # 4-bit NF4 QLoRA, bf16 compute
     accelerate launch --config_file launch/ddp.yaml train/grpo.py recipe=i2t  # several GPUs, one node
     accelerate launch train/grpo.py recipe=demo-i2t                  # CPU: tiny policy, real MiniLM, sample data
     python train/grpo.py recipe=i2t model.name_or_path=/models/tiny data.path=/data/mmpcbench trainer.max_steps=20

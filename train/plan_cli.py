@@ -17,7 +17,7 @@ from mmpc_rl.train.recipe import load_training_recipe
 
 @dataclass
 class PlanOptions:
-    gpu_gb: float = 80.0  # the paper's one H100 80GB
+    gpu_gb: float = 80.0  # the paper: "All experiments are conducted on a single 80 GB H100 GPU"
     image_px: int | None = None  # side of the (square) product image; None: ~500 px, an Amazon "large" image
     prompt_tokens: int | None = None  # prompt text tokens; None: estimated from the task's prompt
     format: str = "text"

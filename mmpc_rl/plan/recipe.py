@@ -13,8 +13,8 @@ from mmpc_rl.plan.memory import ModelMemory, Plan, PlanInputs, choose_layout, pl
 from mmpc_rl.plan.shapes import image_tokens, model_shape
 from mmpc_rl.prompts import prompt_text
 
-# CQBench's BERTScore encoder in training: roberta-large (the paper's; 355,359,744 parameters on the meta device), in
-# fp32 on the CPU, where mmpc_rl.models places BERTScore and the training callback leaves it.
+# CQBench's BERTScore encoder in training: roberta-large (the authors' evaluate default; 355,359,744 parameters on the
+# meta device), in fp32 on the CPU, where mmpc_rl.models places BERTScore and the training callback leaves it.
 CQBENCH_BERTSCORE = ModelMemory("CQBench BERTScore (roberta-large)", params=355_359_744, bytes_per_param=4,
                                 device="cpu")
 # Chat-template tokens around a Qwen2.5-VL user turn (default system prompt, role markers, vision start/end) and
