@@ -259,6 +259,7 @@ def test_a_pass_that_would_exceed_max_fraction_is_skipped_with_a_note(capsys):
     (["early_stop.metric=bertscore_f1", "eval.every_n_steps=5"], "'bertscore_f1' is not logged"),  # no BERTScore
     (["early_stop.metric=token_overlap"], "set eval.every_n_steps too"),
     (["eval.select_best=token_overlap", "eval.enabled=false"], "needs CQBench during training: set eval.enabled"),
+    (["eval.every_n_steps=10", "eval.enabled=false"], "runs CQBench during training: set eval.enabled=true"),
     (["eval.select_best=lpips"], "eval.select_best='lpips' is not logged by this i2t run"),
     (["early_stop.patience=0", "early_stop.metric=reward"], "early_stop.patience=0: must be at least 1"),
     (["early_stop.min_delta=-1"], "early_stop.min_delta=-1: must not be negative"),

@@ -56,6 +56,8 @@ def gold_metrics(recipe: Recipe) -> list[str]:
 def check_gold_settings(recipe: Recipe) -> None:
     """`eval.select_best` and `early_stop.metric` name a metric this run logs, with the evaluations it needs."""
     ev, stop = recipe.eval, recipe.early_stop
+    if ev.every_n_steps and not ev.enabled:
+        raise ConfigError(f"eval.every_n_steps={ev.every_n_steps} runs CQBench during training: set eval.enabled=true")
     names = gold_metrics(recipe)
     for key, value in (("eval.select_best", ev.select_best), ("early_stop.metric", stop.metric)):
         if value is None or (key == "early_stop.metric" and value == "reward"):
