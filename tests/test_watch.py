@@ -355,6 +355,19 @@ def test_the_model_card_has_front_matter_the_before_after_table_and_the_curves(g
     assert "select_best: tfidf_cosine" in text  # the resolved recipe
 
 
+def test_the_card_names_a_hub_base_model_in_its_front_matter(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from mmpc_rl.train.card import write_model_card
+
+    (tmp_path / "config.yaml").write_text("recipe: i2t\ntask: i2t\nmodel:\n  name_or_path: "
+                                          "Qwen/Qwen2.5-VL-7B-Instruct\nrewards:\n  json_format:\n    weight: 1.0\n")
+    card = ModelCard.load(write_model_card(tmp_path, SimpleNamespace(global_step=7, max_steps=100)))
+    assert card.data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct" and card.data.library_name == "peft"
+    assert "7 of max_steps=100" in card.text and "CQBench was not run during training" in card.text
+    assert "[Qwen/Qwen2.5-VL-7B-Instruct](https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct)" in card.text
+
+
 # -------------------------------------------------------------- a run that stops early and pushes to a (fake) Hub
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, one_thread):
