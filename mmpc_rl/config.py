@@ -3,7 +3,8 @@
 The YAML tree is merged once, here, into a frozen, typed `Recipe` that is handed down; nothing below the entry point
 reads the raw tree. Every section is checked against the object it becomes, so a typo fails at once with the valid
 choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig (their fields and values are
-read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by
+read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `early_stop` -> EarlyStopConfig, `wandb` ->
+WandbConfig. `rewards` is checked by
 the reward package (`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
 
 The typed sections' defaults are the dataclasses below; `base.yaml` holds only what has no dataclass (task, lora,
@@ -24,14 +25,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpc_rl.checks import check_lora, check_trainer, grpo_fields, lora_fields
+from mmpc_rl.checks import check_lora, check_numbers, check_trainer, grpo_fields, lora_fields
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.options import split_pairs, typed_tree
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.tasks import TASKS
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "wandb")
+SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "early_stop", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 
 
@@ -91,9 +92,24 @@ class DataConfig(ItemSelection):
 @dataclass(frozen=True)
 class EvalConfig(CQBenchScoring):
     enabled: bool = False  # CQBench before and after training (the callback)
-    every_n_steps: int | None = None
+    every_n_steps: int | None = None  # also every N optimizer steps: the gold curve `cqbench/gold/<metric>`
     items_per_category: int = 20
     categories: list[str] | None = None  # None: data.categories
+    # a pass during training is skipped (with a note) if evaluation would then exceed this share of the training
+    # time (our choice: a quarter); None: never skipped
+    max_fraction: float | None = 0.25
+    select_best: str | None = None  # a CQBench metric: the best-scoring step's adapter is kept in output_dir/best/
+    divergence_window: int = 3  # the proxy-gold divergence alarm compares trends over the last K evaluations
+
+
+@dataclass(frozen=True)
+class EarlyStopConfig:
+    """Stop when a metric stops improving (off while `metric` is None)."""
+
+    metric: str | None = None  # "reward" (total training reward, smoothed) or a CQBench metric (eval.every_n_steps)
+    patience: int = 10  # evaluations (a CQBench metric) or logged steps (reward) without a gain of min_delta
+    min_delta: float = 0.0
+    window: int = 10  # the smoothed reward is the mean of the last `window` logged steps
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,8 @@ class WandbConfig:
     log_completions_every: int = 10  # steps between completion tables (with images)
 
 
-SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "wandb": WandbConfig}
+SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "early_stop": EarlyStopConfig,
+                   "wandb": WandbConfig}
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ class Recipe:
     rewards: Mapping[str, Mapping[str, Any]]  # name -> {weight, factory options}, in recipe order
     data: DataConfig
     eval: EvalConfig
+    early_stop: EarlyStopConfig
     wandb: WandbConfig
 
     @property
@@ -269,6 +287,22 @@ def _mapping(name: str, value: Any) -> dict:
     return value
 
 
+def _check_watch(ev: EvalConfig, stop: EarlyStopConfig) -> None:
+    """Values of the in-training evaluation and early stop; the metric names are the task's (train/recipe.py)."""
+    check_numbers("eval", dataclasses.asdict(ev), EvalConfig)
+    check_numbers("early_stop", dataclasses.asdict(stop), EarlyStopConfig)
+    for key, value in (("eval.every_n_steps", ev.every_n_steps), ("early_stop.patience", stop.patience),
+                       ("early_stop.window", stop.window)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value}: must be at least 1")
+    if ev.divergence_window < 2:
+        raise ConfigError(f"eval.divergence_window={ev.divergence_window}: a trend needs at least 2 evaluations")
+    if ev.max_fraction is not None and ev.max_fraction <= 0:
+        raise ConfigError(f"eval.max_fraction={ev.max_fraction}: must be greater than 0 (null: never skip a pass)")
+    if stop.min_delta < 0:
+        raise ConfigError(f"early_stop.min_delta={stop.min_delta}: must not be negative")
+
+
 def build_recipe(raw: dict) -> Recipe:
     """The Recipe for a composed, resolved tree of plain containers."""
     _check_keys("recipe", raw, list(TOP_LEVEL))
@@ -280,6 +314,7 @@ def build_recipe(raw: dict) -> Recipe:
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
         sections[name] = schema(**given)
     prompt_text(raw["task"], sections["data"].prompt)  # an unknown prompt name fails here, not after model loading
+    _check_watch(sections["eval"], sections["early_stop"])
     if sections["model"].dtype not in DTYPES:
         raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
     lora = _mapping("lora", raw.get("lora"))

@@ -28,11 +28,13 @@ from mmpc_rl.train.callbacks import (
     no_pickled_args,
     prepare_args,
 )
+from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
 from mmpc_rl.train.run_config import save_config
 from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
+from mmpc_rl.train.watch import format_check, watch_callbacks
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
@@ -167,21 +169,23 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     model, processor = policy if policy is not None else build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
+    watch = watch_callbacks(recipe, args.output_dir)  # alarms, early stop, best adapter: after CQBench, before RunEnd
     cbs = [MetricsLogger(args.output_dir), StopOnNonFinite(), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
-           *(callbacks or []), *([cqbench] if cqbench else []), run_end]
+           *(callbacks or []), *([cqbench] if cqbench else []), *watch, run_end]
     init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
-    trainer = GRPOTrainer(model=model, reward_funcs=instrument_rewards(rewards, recorder), args=args,
-                          train_dataset=train_dataset, processing_class=processor,
-                          peft_config=build_lora_config(recipe), callbacks=cbs)
+    reward_funcs = instrument_rewards(rewards, recorder, batch_check=format_check(task))
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                          processing_class=processor, peft_config=build_lora_config(recipe), callbacks=cbs)
     if recipe.model.qlora:
         keep_trainable_fp32(trainer.model)  # before train() builds the optimizer over these tensors
     if recipe.model.compiled_decoding:
         enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
     no_pickled_args(trainer)
-    if cqbench:
-        cqbench.bind(trainer)
-    run_end.bind(trainer)
+    own_model_card(trainer)  # output_dir/README.md is ours at every save and hub push, not TRL's generic card
+    for cb in [cqbench, *watch, run_end]:
+        if hasattr(cb, "bind"):
+            cb.bind(trainer)
     return trainer
 
 

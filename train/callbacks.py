@@ -267,7 +267,9 @@ def no_pickled_args(trainer):
 class RunEnd(TrainerCallback):
     """The end of a run, after every other callback's `on_train_end` (put it last; CQBench's "after" pass logs
     there): the final adapter and processor saved (every rank: ZeRO-3 gathers), then on the main process the pickled
-    training_args.bin replaced by JSON, reward_curves.png drawn and the W&B run closed."""
+    training_args.bin replaced by JSON, reward_curves.png drawn and the model card (README.md) written, then with
+    `trainer.push_to_hub=true` the folder pushed through the Trainer's own `push_to_hub` (card included), and the W&B
+    run closed."""
 
     def __init__(self, trainer=None):
         self.trainer = trainer
@@ -279,14 +281,19 @@ class RunEnd(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer is None:
             raise RuntimeError("RunEnd must be bound to its trainer (RunEnd().bind(trainer))")
-        self.trainer.save_model(args.output_dir)  # adapter (safetensors) + processor
+        # adapter (safetensors) + processor; not pushed yet: the hub gets the folder once the card is written
+        self.trainer.save_model(args.output_dir, _internal_call=True)
+        out, png = Path(args.output_dir), None
+        if state.is_world_process_zero:
+            replace_pickled_args(out, args)
+            # the state beside the final adapter: a later resume of this output_dir sees the run finished (resume.py)
+            atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
+            png = plot_curves(out)
+            self.trainer.create_model_card()  # train.card: ours, from what the run left on disk
+        if args.push_to_hub:
+            self.trainer.push_to_hub(commit_message="End of training")  # every rank: it saves (ZeRO-3 gathers)
         if not state.is_world_process_zero:
             return
-        out = Path(args.output_dir)
-        replace_pickled_args(out, args)
-        # the state beside the final adapter: a later resume of this output_dir sees the run finished (resume.py)
-        atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
-        png = plot_curves(out)
         wandb = active_wandb()  # only runs that report to W&B have a run to close
         if wandb is not None:
             if png is not None:
