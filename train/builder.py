@@ -132,12 +132,9 @@ def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
                          qlora_fp32_adapters=True)
     s = result.settings
     if not result.fits:
-        fitting = s.get("fitting_layout")
-        hint = (f"; a layout that fits: {layout_overrides(fitting)}" if fitting else
-                "; no layout fits: try model.qlora=true, a smaller trainer.num_generations or "
-                "trainer.max_completion_length, or a bigger GPU")
         raise ConfigError(f"predicted peak {result.peak_gb:.1f} GiB of {gpu_gb:.0f} GiB GPU memory at the "
-                          f"{result.phase} with {layout_overrides(s)}{hint} (mmpc-rl plan recipe={recipe.name})")
+                          f"{result.phase} with {layout_overrides(s)} does not fit; what does: "
+                          f"{'; or '.join(s['fits_with'])} (mmpc-rl plan recipe={recipe.name})")
     if not open_keys:
         return recipe
     chosen = {"per_device_train_batch_size": s["micro_batch"], "gradient_accumulation_steps": s["grad_accum"],
