@@ -106,7 +106,7 @@ LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gr
 
 
 def on_gpu(recipe: Recipe) -> bool:
-    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu")
+    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu") and recipe.model.device != "cpu"
 
 
 def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
