@@ -78,4 +78,8 @@ def load_training_recipe(argv: list[str] | None = None, default: str | None = No
     validate_rewards(recipe.rewards, recipe.task)
     check_vllm(recipe)
     check_gold_settings(recipe)
+    if recipe.model.compile_backend is not None:
+        from mmpc_rl.train.decoding import resolve_backend
+
+        resolve_backend(str(recipe.model.compile_backend))  # a name torch.compile knows, or an importable callable
     return recipe
