@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mmpc_rl.config import Recipe
 from mmpc_rl.errors import ConfigError, MMPCError
+from mmpc_rl.plan.shapes import model_shape
 
 GPU_POLICY_PARAMS = 1_000_000_000  # from here on, CPU training is opt-in
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # there when the NVIDIA kernel driver is loaded
@@ -23,8 +24,6 @@ def wants_cpu(recipe: Recipe) -> bool:
 
 def policy_params(recipe: Recipe) -> int | None:
     """The policy's parameter count from its config (meta device); None when its config cannot be read here."""
-    from mmpc_rl.plan.shapes import model_shape
-
     try:
         return model_shape(str(recipe.model.name_or_path), recipe.model.revision).total_params
     except MMPCError:

@@ -33,11 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpc_rl.bench import grpo_arms as bench
+from mmpc_rl.bench.cqbench_speed import SpeedConfig, load, measure
+from mmpc_rl.bench.gpu_report import environment, table
 from mmpc_rl.bench.grpo_options import BenchOptions, ratios
+from mmpc_rl.bench.sd35_speed import reward_group
 from mmpc_rl.config import load_recipe
+from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.io import atomic_write_json, atomic_write_text
+from mmpc_rl.models import bnb_config, torch_dtype
 from mmpc_rl.options import parse_options
+from mmpc_rl.plan import PlanInputs, model_shape, plan
 from mmpc_rl.tasks import get_task
 
 SECTIONS = ("project", "plain", "t2i", "cqbench", "qlora")
@@ -100,8 +106,6 @@ def arm(opts: CheckOptions, device: str, name: str, qlora: bool = False) -> dict
     shape = "tiny" if opts.dry else "real"
     bopts = BenchOptions(recipe="i2t", steps=opts.steps, warmup=opts.warmup, shape=shape, new_tokens=opts.new_tokens,
                          num_generations=opts.group, rewards="stub", out=str(Path(opts.out) / name))
-    from mmpc_rl.models import torch_dtype
-
     dtype = torch_dtype(cfg.model.dtype if device == "cuda" else "float32")
     processor = bench.build_processor(shape)
     dataset = bench.synthetic_dataset(get_task("i2t"), 2 * (opts.warmup + opts.steps) + 2, bopts.image_size)
@@ -117,8 +121,6 @@ def predictor(cfg, processor, row, opts: CheckOptions, device: str, qlora: bool)
     decoding bucket when compiled decoding is on), forced completion length, resolved layout and dropout."""
 
     def predict(trainer, model) -> dict:
-        from mmpc_rl.plan import PlanInputs, model_shape, plan
-
         try:
             args, bucket = trainer.args, trainer.pad_to_multiple_of
             text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
@@ -150,8 +152,6 @@ def quantized_model(processor, folder: str, dtype):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mmpc_rl.models import bnb_config
-
     quantization = bnb_config("bfloat16")  # a one-line error without bitsandbytes, before 16 GB are written
     path = Path(folder) / "random-7b"
     model = bench.build_model("real", processor, device="cuda", dtype=dtype)
@@ -163,15 +163,10 @@ def quantized_model(processor, folder: str, dtype):
 
 
 def t2i(opts: CheckOptions, device: str) -> dict:
-    from mmpc_rl.bench.sd35_speed import reward_group
-
     return reward_group(opts.sizes, dry=opts.dry, device=device)
 
 
 def cqbench(opts: CheckOptions, device: str) -> dict:
-    from mmpc_rl.bench.cqbench_speed import SpeedConfig, load, measure
-    from mmpc_rl.data import load_items
-
     cfg = SpeedConfig(shape=None if opts.dry else "7b", dtype="float32" if opts.dry else "bfloat16")
     model, processor = load(cfg)
     pool = load_items("sample", split="cqbench")
@@ -206,8 +201,6 @@ def capture_recompiles(out: Path) -> logging.Handler:
 
 def main(argv: list[str]) -> int:
     import torch
-
-    from mmpc_rl.bench.gpu_report import environment, table
 
     opts = parse(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

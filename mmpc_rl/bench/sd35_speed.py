@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import time
 
+from mmpc_rl.clip import ClipEmbedder
+from mmpc_rl.models import load_sd3_pipeline
+from mmpc_rl.render import Renderer
+from mmpc_rl.rewards.sd35_clip import SD35ClipReward, memory
 from mmpc_rl.tasks import get_task
 
 
@@ -14,8 +18,6 @@ def sd35_pipeline(dry: bool, device: str):
     import torch
     from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    from mmpc_rl.models import load_sd3_pipeline
 
     tiny = load_sd3_pipeline("tiny://sd3", "cpu", "float32")
     if dry:
@@ -57,10 +59,6 @@ def reward_group(sizes: list[int], *, dry: bool, device: str) -> dict:
     import numpy as np
     import torch
     from PIL import Image
-
-    from mmpc_rl.clip import ClipEmbedder
-    from mmpc_rl.render import Renderer
-    from mmpc_rl.rewards.sd35_clip import SD35ClipReward, memory
 
     renderer = Renderer(sd35_pipeline(dry, device), device)
     embedder = ClipEmbedder.from_pretrained("tiny://clip", device=device)
