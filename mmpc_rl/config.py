@@ -32,6 +32,8 @@ from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.tasks import TASKS
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+MODEL_DEVICES = (None, "cpu")
+COMPILED_DECODING = (False, True, "force")
 SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "early_stop", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 
@@ -77,8 +79,11 @@ class ModelConfig(ModelLoading):
     name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     trust_remote_code: bool = False
     revision: str | None = None
-    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
-    compiled_decoding: bool = False
+    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding): true compiles on CUDA/XPU, "force"
+    # on any device (CPU tests, profiling); a compile or runtime failure falls back to eager decoding
+    compiled_decoding: bool | str = False
+    compile_backend: str | None = None  # a torch.compile backend name or module:function; None: transformers' own
+    device: str | None = None  # "cpu": train on the CPU in float32; None: CUDA where usable (a >= 1B policy needs it)
 
 
 @dataclass(frozen=True)
@@ -317,6 +322,11 @@ def build_recipe(raw: dict) -> Recipe:
     _check_watch(sections["eval"], sections["early_stop"])
     if sections["model"].dtype not in DTYPES:
         raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
+    if sections["model"].compiled_decoding not in COMPILED_DECODING:
+        raise ConfigError(f"model.compiled_decoding={sections['model'].compiled_decoding!r}; valid choices: false, "
+                          "true, force")
+    if sections["model"].device not in MODEL_DEVICES:
+        raise ConfigError(f"model.device={sections['model'].device!r}; valid choices: null (CUDA where usable), cpu")
     lora = _mapping("lora", raw.get("lora"))
     _check_keys("lora", lora, lora_fields())
     trainer = _mapping("trainer", raw.get("trainer"))

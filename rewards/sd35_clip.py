@@ -220,11 +220,12 @@ def memory(options: dict) -> tuple[ModelMemory, ...]:
     mmdit = int(options["max_batch"]) * ((size // 16) ** 2 + ctx) * 12 * SD3_HIDDEN * 2
     vae = int(options["decode_batch"]) * size * size * 128 * 2 * 4
     device, clip_device = options["device"], options["clip_device"] or options["device"]
+    note = "SD3.5-large: weights counted; render and VAE-decode temporaries an analytic estimate, never measured"
     if clip_device == device:
         return (ModelMemory("SD3.5-large + CLIP (reward)", params=SD35_LARGE_PARAMS + CLIP_B32_PARAMS,
-                            resident_bytes=cache, activation_bytes=max(mmdit, vae), device=device),)
+                            resident_bytes=cache, activation_bytes=max(mmdit, vae), device=device, note=note),)
     return (ModelMemory("SD3.5-large (reward)", params=SD35_LARGE_PARAMS, resident_bytes=cache,
-                        activation_bytes=max(mmdit, vae), device=device),
+                        activation_bytes=max(mmdit, vae), device=device, note=note),
             ModelMemory("CLIP ViT-B/32 (reward)", params=CLIP_B32_PARAMS, device=clip_device))
 
 

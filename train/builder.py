@@ -30,7 +30,7 @@ from mmpc_rl.train.callbacks import (
 )
 from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
-from mmpc_rl.train.decoding import enable_compiled_decoding
+from mmpc_rl.train.decoding import enable_compiled_decoding, one_input_grads_hook
 from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
 from mmpc_rl.train.run_config import save_config
 from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
@@ -106,7 +106,7 @@ LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gr
 
 
 def on_gpu(recipe: Recipe) -> bool:
-    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu")
+    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu") and recipe.model.device != "cpu"
 
 
 def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
@@ -132,12 +132,9 @@ def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
                          qlora_fp32_adapters=True)
     s = result.settings
     if not result.fits:
-        fitting = s.get("fitting_layout")
-        hint = (f"; a layout that fits: {layout_overrides(fitting)}" if fitting else
-                "; no layout fits: try model.qlora=true, a smaller trainer.num_generations or "
-                "trainer.max_completion_length, or a bigger GPU")
         raise ConfigError(f"predicted peak {result.peak_gb:.1f} GiB of {gpu_gb:.0f} GiB GPU memory at the "
-                          f"{result.phase} with {layout_overrides(s)}{hint} (mmpc-rl plan recipe={recipe.name})")
+                          f"{result.phase} with {layout_overrides(s)} does not fit; what does: "
+                          f"{'; or '.join(s['fits_with'])} (mmpc-rl plan recipe={recipe.name})")
     if not open_keys:
         return recipe
     chosen = {"per_device_train_batch_size": s["micro_batch"], "gradient_accumulation_steps": s["grad_accum"],
@@ -179,8 +176,9 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
                           processing_class=processor, peft_config=build_lora_config(recipe), callbacks=cbs)
     if recipe.model.qlora:
         keep_trainable_fp32(trainer.model)  # before train() builds the optimizer over these tensors
-    if recipe.model.compiled_decoding:
-        enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
+    one_input_grads_hook(trainer.model)  # checkpointing re-enabled around each generate must not add hooks
+    if recipe.model.compiled_decoding:  # TRL builds its GenerationConfig with disable_compile=True
+        enable_compiled_decoding(trainer, mode=recipe.model.compiled_decoding, backend=recipe.model.compile_backend)
     no_pickled_args(trainer)
     own_model_card(trainer)  # output_dir/README.md is ours at every save and hub push, not TRL's generic card
     for cb in [cqbench, *watch, run_end]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mmpc_rl.errors import run_cli
+from mmpc_rl.train.cuda_check import refuse_cpu_training
 from mmpc_rl.train.recipe import load_training_recipe
 from mmpc_rl.train.resume import finished_run, resume_point
 from mmpc_rl.train.stopping import RECORD, stopped_early
@@ -29,6 +30,7 @@ DEMO_RECIPE = "demo-i2t"
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = load_training_recipe(argv)  # fails in seconds on a bad recipe, key or reward
+    refuse_cpu_training(recipe)  # a >= 1 B policy without usable CUDA: one line now, nothing written
     done = finished_run(recipe.trainer) or stopped_early(recipe)
     if done:
         print(f"mmpc-rl: {done}")

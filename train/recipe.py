@@ -15,6 +15,7 @@ from mmpc_rl.config import Recipe, load_recipe
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.eval.metrics import metrics_for
 from mmpc_rl.rewards import validate_rewards
+from mmpc_rl.train.decoding import resolve_backend
 
 # What TRL 1.16 accepts (trl/import_utils.py is_vllm_available); every vLLM in it pins its own torch/transformers.
 VLLM_RANGE = (Version("0.22.0"), Version("0.31.0"))
@@ -78,4 +79,6 @@ def load_training_recipe(argv: list[str] | None = None, default: str | None = No
     validate_rewards(recipe.rewards, recipe.task)
     check_vllm(recipe)
     check_gold_settings(recipe)
+    if recipe.model.compile_backend is not None:
+        resolve_backend(str(recipe.model.compile_backend))  # a name torch.compile knows, or an importable callable
     return recipe
