@@ -69,10 +69,10 @@ class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
     lpips_channel_order: str = "bgr"  # the authors fed BGR; "rgb" is what LPIPS expects
     renderer: str = DEFAULT_SD
     render_dtype: str | None = None  # None: bfloat16 on CUDA (mmpc_rl.models.placement); float16: the authors'
-    render_size: int = 1024  # SD3.5's default resolution, as the authors rendered
+    render_size: int = 1024  # SD3.5's default resolution, which the authors' generate_images_from_prompts.py keeps
     render_steps: int = 4
     render_max_sequence_length: int = 512  # T5 tokens, as the authors passed
-    resize: str = "cv2"  # generated -> reference size, bilinear (paper); "square512": both to 512^2
+    resize: str = "cv2"  # generated -> reference size, bilinear (the authors' cv2.resize); "square512": both to 512^2
     progress: bool = True
 
 

@@ -1,5 +1,6 @@
-"""Aggregation as in the paper (per category: mean/std over items; per model: mean/std over category means, numpy
-ddof=0; None values such as LPIPS on small images left out), markdown tables, and the Figure 3 radar chart."""
+"""Aggregation as the authors' evaluators (CQBench/*benchmark_all_models_bench.py: per category, mean/std over items;
+per model, mean/std over category means; numpy ddof=0; None values such as LPIPS on small images left out), markdown
+tables, and the Figure 3 radar chart."""
 
 from __future__ import annotations
 

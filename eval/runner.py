@@ -70,11 +70,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def barrier() -> None:
-    """Wait for every process of a distributed run (nothing to wait for in one process)."""
-    _barrier()
-
-
 def score_batch(task: Task, batch: list[dict], answers: list[str], scorers: Scorers, *, image_dir: Path | None,
                 seed: int) -> tuple[list[dict], list[str | None]]:
     """(metrics per item, saved image path per item: t2i only)."""

@@ -3,7 +3,8 @@
 The YAML tree is merged once, here, into a frozen, typed `Recipe` that is handed down; nothing below the entry point
 reads the raw tree. Every section is checked against the object it becomes, so a typo fails at once with the valid
 choices: `model` -> ModelConfig, `lora` -> peft.LoraConfig, `trainer` -> trl.GRPOConfig (their fields and values are
-read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `wandb` -> WandbConfig. `rewards` is checked by
+read by mmpc_rl.checks), `data` -> DataConfig, `eval` -> EvalConfig, `early_stop` -> EarlyStopConfig, `wandb` ->
+WandbConfig. `rewards` is checked by
 the reward package (`mmpc_rl.rewards.validate_rewards`), which owns the registry: the core never imports its plug-ins.
 
 The typed sections' defaults are the dataclasses below; `base.yaml` holds only what has no dataclass (task, lora,
@@ -25,14 +26,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpc_rl.checks import check_lora, check_trainer, grpo_fields, lora_fields
+from mmpc_rl.checks import check_lora, check_numbers, check_trainer, grpo_fields, lora_fields
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.options import split_pairs, typed_tree
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.tasks import TASKS
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "wandb")
+MODEL_DEVICES = (None, "cpu")
+COMPILED_DECODING = (False, True, "force")
+SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "early_stop", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 MAX_REWARD_WEIGHT = 1e6  # a reward weighted beyond this drowns the others (and 1e308 overflows float32 to inf)
 
@@ -45,7 +48,7 @@ class ModelLoading:
 
     dtype: str = "bfloat16"
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
-    qlora: bool = False  # 4-bit NF4 + double quantisation, bf16 compute (the paper's setup)
+    qlora: bool = False  # 4-bit NF4 + double quantisation, computing in `dtype` (bf16 if "auto")
     min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
     max_pixels: int | None = None
 
@@ -67,7 +70,7 @@ class CQBenchScoring:
     split: str = "cqbench"
     batch_size: int = 16
     max_new_tokens: int | None = 128
-    bertscore: str | None = None  # None: no BERTScore; "roberta-large" for paper parity, or a local folder
+    bertscore: str | None = None  # None: no BERTScore; "roberta-large" (the authors' evaluate default), or a folder
     bertscore_layers: int | None = None
     lpips: str | None = None  # t2i: torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     clip: str | None = None  # t2i: CLIP ViT-B/32 (hub id, local folder or tiny://clip); None: no CLIP similarity
@@ -78,8 +81,11 @@ class ModelConfig(ModelLoading):
     name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     trust_remote_code: bool = False
     revision: str | None = None
-    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding); off where it cannot compile
-    compiled_decoding: bool = False
+    # static KV cache + torch.compile for TRL's decoding (mmpc_rl.train.decoding): true compiles on CUDA/XPU, "force"
+    # on any device (CPU tests, profiling); a compile or runtime failure falls back to eager decoding
+    compiled_decoding: bool | str = False
+    compile_backend: str | None = None  # a torch.compile backend name or module:function; None: transformers' own
+    device: str | None = None  # "cpu": train on the CPU in float32; None: CUDA where usable (a >= 1B policy needs it)
     # torch's intra-op threads for a run on the CPU (None: torch's default). Float sums split over threads round
     # differently, so a seeded CPU run gives the same numbers on every machine only with a fixed count.
     cpu_threads: int | None = None
@@ -96,9 +102,24 @@ class DataConfig(ItemSelection):
 @dataclass(frozen=True)
 class EvalConfig(CQBenchScoring):
     enabled: bool = False  # CQBench before and after training (the callback)
-    every_n_steps: int | None = None
+    every_n_steps: int | None = None  # also every N optimizer steps: the gold curve `cqbench/gold/<metric>`
     items_per_category: int = 20
     categories: list[str] | None = None  # None: data.categories
+    # a pass during training is skipped (with a note) if evaluation would then exceed this share of the training
+    # time (our choice: a quarter); None: never skipped
+    max_fraction: float | None = 0.25
+    select_best: str | None = None  # a CQBench metric: the best-scoring step's adapter is kept in output_dir/best/
+    divergence_window: int = 3  # the proxy-gold divergence alarm compares trends over the last K evaluations
+
+
+@dataclass(frozen=True)
+class EarlyStopConfig:
+    """Stop when a metric stops improving (off while `metric` is None)."""
+
+    metric: str | None = None  # "reward" (total training reward, smoothed) or a CQBench metric (eval.every_n_steps)
+    patience: int = 10  # evaluations (a CQBench metric) or logged steps (reward) without a gain of min_delta
+    min_delta: float = 0.0
+    window: int = 10  # the smoothed reward is the mean of the last `window` logged steps
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,8 @@ class WandbConfig:
     log_completions_every: int = 10  # steps between completion tables (with images)
 
 
-SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "wandb": WandbConfig}
+SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "early_stop": EarlyStopConfig,
+                   "wandb": WandbConfig}
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,7 @@ class Recipe:
     rewards: Mapping[str, Mapping[str, Any]]  # name -> {weight, factory options}, in recipe order
     data: DataConfig
     eval: EvalConfig
+    early_stop: EarlyStopConfig
     wandb: WandbConfig
 
     @property
@@ -274,6 +297,22 @@ def _mapping(name: str, value: Any) -> dict:
     return value
 
 
+def _check_watch(ev: EvalConfig, stop: EarlyStopConfig) -> None:
+    """Values of the in-training evaluation and early stop; the metric names are the task's (train/recipe.py)."""
+    check_numbers("eval", dataclasses.asdict(ev), EvalConfig)
+    check_numbers("early_stop", dataclasses.asdict(stop), EarlyStopConfig)
+    for key, value in (("eval.every_n_steps", ev.every_n_steps), ("early_stop.patience", stop.patience),
+                       ("early_stop.window", stop.window)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value}: must be at least 1")
+    if ev.divergence_window < 2:
+        raise ConfigError(f"eval.divergence_window={ev.divergence_window}: a trend needs at least 2 evaluations")
+    if ev.max_fraction is not None and ev.max_fraction <= 0:
+        raise ConfigError(f"eval.max_fraction={ev.max_fraction}: must be greater than 0 (null: never skip a pass)")
+    if stop.min_delta < 0:
+        raise ConfigError(f"early_stop.min_delta={stop.min_delta}: must not be negative")
+
+
 def build_recipe(raw: dict) -> Recipe:
     """The Recipe for a composed, resolved tree of plain containers."""
     _check_keys("recipe", raw, list(TOP_LEVEL))
@@ -285,11 +324,17 @@ def build_recipe(raw: dict) -> Recipe:
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
         sections[name] = schema(**given)
     prompt_text(raw["task"], sections["data"].prompt)  # an unknown prompt name fails here, not after model loading
+    _check_watch(sections["eval"], sections["early_stop"])
     threads = sections["model"].cpu_threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"model.cpu_threads={threads!r}: give a whole number of threads >= 1, or null")
     if sections["model"].dtype not in DTYPES:
         raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
+    if sections["model"].compiled_decoding not in COMPILED_DECODING:
+        raise ConfigError(f"model.compiled_decoding={sections['model'].compiled_decoding!r}; valid choices: false, "
+                          "true, force")
+    if sections["model"].device not in MODEL_DEVICES:
+        raise ConfigError(f"model.device={sections['model'].device!r}; valid choices: null (CUDA where usable), cpu")
     lora = _mapping("lora", raw.get("lora"))
     _check_keys("lora", lora, lora_fields())
     trainer = _mapping("trainer", raw.get("trainer"))

@@ -2,9 +2,10 @@
 the JSON key the model must answer with, and the parser that turns a completion into that answer. Prompts are
 named (mmpc_rl.prompts); `get_task(name, prompt)` picks one.
 
-The parser follows the authors' evaluation: LangChain's `JsonOutputParser` (a fenced ```json block or the whole text,
-parsed leniently so truncated JSON is closed) and then a regex `{...}` fallback. A completion that still does not
-parse is scored as the literal string "error" in CQBench, exactly as the authors did.
+The parser follows the authors' (`parse_llm_json` in CQBench/imagine_amazon_data_bench.py): LangChain's
+`JsonOutputParser` (a fenced ```json block or the whole text, parsed leniently so truncated JSON is closed) and then a
+regex `{...}` fallback. A completion that still does not parse is scored as the literal string "error" in CQBench,
+as the authors' title "error" is.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Task:
     key: str  # the JSON key the model must answer with
     prompt: str
     uses_image_input: bool  # i2t: the policy sees the product image
-    max_new_tokens: int  # the authors' generation budget
+    max_new_tokens: int  # the authors' inference budget (imagine_amazon_data_bench.py: 128 titles, 256 prompts)
     prompt_name: str = DEFAULT_PROMPT  # mmpc_rl.prompts: recorded with every CQBench result
 
     def parse(self, completion: str) -> Parsed:

@@ -1,10 +1,13 @@
 """json_format: does the completion answer with a JSON object holding the task's key?
 
-1.0  the authors' parser recovers a JSON object whose task key (`title` / `prompt`) is a non-empty string; code
-     fences, surrounding prose and a truncated closing brace are tolerated exactly as that parser tolerates them;
+1.0  the authors' parser (`parse_llm_json` in CQBench/imagine_amazon_data_bench.py, as mmpc_rl.tasks re-implements
+     it) recovers a JSON object whose task key (`title` / `prompt`) is a non-empty string; code fences, surrounding
+     prose and a truncated closing brace are tolerated exactly as that parser tolerates them;
 0.5  the parser recovers a JSON object or array of the wrong shape (other key, empty or non-string value): the
      format was right, the content was not;
 0.0  nothing parses, or only a bare scalar does (a stray number in prose parses as JSON, which says nothing).
+
+The paper has "an output JSON-format checking reward" and no grades: 0.5 and 0.0 are this project's.
 """
 
 from __future__ import annotations

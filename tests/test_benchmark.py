@@ -151,7 +151,7 @@ def test_the_project_arm_takes_speed_settings_from_the_recipe():
     from mmpc_rl.train.recipe import load_training_recipe
 
     opts, overrides = parse_bench_options(["new_tokens=7", "steps=3", "warmup=2",
-                                                 "trainer.gradient_checkpointing=true"])
+                                           "trainer.gradient_checkpointing=true", "model.compiled_decoding=true"])
     recipe = load_training_recipe(["recipe=i2t", *overrides])
     arm = bench.project_recipe(recipe, opts, group=4, output_dir="/tmp/x")
     assert (arm.trainer.max_steps, arm.trainer.max_completion_length, arm.trainer.generation_kwargs) == \
@@ -159,10 +159,12 @@ def test_the_project_arm_takes_speed_settings_from_the_recipe():
     assert arm.model.compiled_decoding is True and arm.eval.enabled is False  # the recipe's switch, no CQBench
     # a G other than the recipe's reopens the micro-batch for the planner; what the user pinned stays as given
     assert arm.trainer.per_device_train_batch_size is None and arm.trainer.gradient_checkpointing is True
-    from mmpc_rl.train.decoding import compile_on_any_device
+    from mmpc_rl.train.decoding import compile_config_for
 
-    cc = compile_on_any_device()  # what the decoding compiles with off CUDA
+    cc = compile_config_for("force", None, "cpu")  # what model.compiled_decoding=force compiles with off CUDA
     assert (cc.backend, cc.mode, cc._compile_all_devices) == ("inductor", "default", True)
+    cc = compile_config_for(True, None, "cuda")  # transformers' own: inductor with CUDA graphs, CUDA/XPU only
+    assert (cc.backend, cc.mode, cc._compile_all_devices) == ("inductor", "reduce-overhead", None)
 
 
 def test_project_arm_resolves_what_a_training_run_resolves(run):

@@ -298,9 +298,10 @@ def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm)
     trainer.train()
     assert trainer.model.training  # train mode restored after every evaluation
     logged = [h for h in trainer.state.log_history if any(k.startswith("cqbench/") for k in h)]
-    tags = [next(k for k in h if k.startswith("cqbench/")).split("/")[1] for h in logged]
-    assert tags == ["before", "step-1", "after"]
-    assert logged[0]["cqbench/before/tfidf_euclidean"] >= 0.0 and "cqbench/after/parse_ok_rate" in logged[-1]
+    assert [h["step"] for h in logged] == [0, 1, 2]  # one gold curve: before, the pass at step 1, after
+    assert all("cqbench/gold/tfidf_euclidean" in h and "cqbench/gold/parse_ok_rate" in h for h in logged)
+    assert logged[0]["cqbench/before/tfidf_euclidean"] == logged[0]["cqbench/gold/tfidf_euclidean"] >= 0.0
+    assert "cqbench/after/parse_ok_rate" in logged[-1] and not any("cqbench/before/" in k for k in logged[1])
     on_disk = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("cqbench/after/token_overlap" in r for r in on_disk)  # through the trainer's loggers
     for tag in ("before", "step-1", "after"):

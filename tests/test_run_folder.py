@@ -85,6 +85,7 @@ def test_an_empty_or_unrelated_folder_is_a_fresh_start(tmp_path):
     ("rewards.minilm_cosine.weight=3", "rewards.minilm_cosine.weight"),
     ("data.prompt=detailed", "data.prompt"),
     ("trainer.learning_rate=1e-4", "trainer.learning_rate"),
+    ("eval.max_new_tokens=8", "eval.max_new_tokens"),  # the gold curve would join two evaluations
 ])
 def test_a_resume_that_changes_the_run_refuses_naming_the_key(tmp_path, change, key):
     out = _old_run(tmp_path / "run")
@@ -93,8 +94,8 @@ def test_a_resume_that_changes_the_run_refuses_naming_the_key(tmp_path, change, 
 
 
 @pytest.mark.parametrize("change", ["trainer.max_steps=8", "trainer.logging_steps=2", "trainer.save_steps=1",
-                                    "trainer.report_to=[wandb]", "eval.items_per_category=2", "wandb.name=x",
-                                    "trainer.save_total_limit=1"])
+                                    "trainer.report_to=[wandb]", "eval.every_n_steps=5", "wandb.name=x",
+                                    "trainer.save_total_limit=1", "early_stop.metric=reward"])
 def test_a_resume_may_change_how_long_and_how_often_and_where_it_reports(tmp_path, change):
     out = _old_run(tmp_path / "run")
     assert folder_problem(_recipe(out, "trainer.resume_from_checkpoint=auto", change)) is None

@@ -29,12 +29,14 @@ from mmpc_rl.train.callbacks import (
     no_pickled_args,
     prepare_args,
 )
+from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
-from mmpc_rl.train.decoding import enable_compiled_decoding
+from mmpc_rl.train.decoding import enable_compiled_decoding, one_input_grads_hook
 from mmpc_rl.train.instrument import CompletionRecorder, RewardCheck, instrument_rewards
 from mmpc_rl.train.run_config import save_config
 from mmpc_rl.train.run_folder import claim_run_folder, continue_layout
 from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
+from mmpc_rl.train.watch import format_check, watch_callbacks
 
 
 def task_rows(task: Task, items: list[dict]) -> dict[str, list]:
@@ -70,7 +72,7 @@ def build_dataset(recipe: Recipe, task: Task, split: str | None = None, limit: i
 def build_policy(recipe: Recipe, args):
     """The policy and its processor. For 4-bit (`model.qlora`) nothing is upcast: peft's
     `prepare_model_for_kbit_training` would turn embed_tokens and lm_head (1.09 B parameters at Qwen2.5-VL-7B) and
-    every norm to fp32, +2.2 GB of weights and an fp32 residual stream, for no gain the paper's setup needs; TRL
+    every norm to fp32, +2.2 GB of weights and an fp32 residual stream, for no gain this recipe needs; TRL
     itself enables input gradients for checkpointing. The plain-TRL QLoRA anchor (11.5 GB) ran without it too."""
     model_cfg = recipe.model
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
@@ -106,7 +108,7 @@ LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gr
 
 
 def on_gpu(recipe: Recipe) -> bool:
-    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu")
+    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu") and recipe.model.device != "cpu"
 
 
 def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
@@ -132,12 +134,9 @@ def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:
                          qlora_fp32_adapters=True)
     s = result.settings
     if not result.fits:
-        fitting = s.get("fitting_layout")
-        hint = (f"; a layout that fits: {layout_overrides(fitting)}" if fitting else
-                "; no layout fits: try model.qlora=true, a smaller trainer.num_generations or "
-                "trainer.max_completion_length, or a bigger GPU")
         raise ConfigError(f"predicted peak {result.peak_gb:.1f} GiB of {gpu_gb:.0f} GiB GPU memory at the "
-                          f"{result.phase} with {layout_overrides(s)}{hint} (mmpc-rl plan recipe={recipe.name})")
+                          f"{result.phase} with {layout_overrides(s)} does not fit; what does: "
+                          f"{'; or '.join(s['fits_with'])} (mmpc-rl plan recipe={recipe.name})")
     if not open_keys:
         return recipe
     chosen = {"per_device_train_batch_size": s["micro_batch"], "gradient_accumulation_steps": s["grad_accum"],
@@ -172,22 +171,26 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     model, processor = policy if policy is not None else build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
+    watch = watch_callbacks(recipe, args.output_dir)  # alarms, early stop, best adapter: after CQBench, before RunEnd
     cbs = [MetricsLogger(args.output_dir), StopOnNonFinite(), SafeCheckpoints(),
            CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
-           *(callbacks or []), *([cqbench] if cqbench else []), run_end]
+           *(callbacks or []), *([cqbench] if cqbench else []), *watch, run_end]
     init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
     check = RewardCheck()  # a NaN, inf or all-None reward stops the run (train.instrument)
-    trainer = GRPOTrainer(model=model, reward_funcs=instrument_rewards(rewards, recorder, check), args=args,
-                          train_dataset=train_dataset, processing_class=processor,
-                          peft_config=build_lora_config(recipe), callbacks=cbs)
+    reward_funcs = instrument_rewards(rewards, recorder, batch_check=format_check(task), check=check)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                          processing_class=processor, peft_config=build_lora_config(recipe), callbacks=cbs)
     check.attach(trainer)
     if recipe.model.qlora:
         keep_trainable_fp32(trainer.model)  # before train() builds the optimizer over these tensors
-    if recipe.model.compiled_decoding:
-        enable_compiled_decoding(trainer)  # TRL builds its GenerationConfig with disable_compile=True
+    one_input_grads_hook(trainer.model)  # checkpointing re-enabled around each generate must not add hooks
+    if recipe.model.compiled_decoding:  # TRL builds its GenerationConfig with disable_compile=True
+        enable_compiled_decoding(trainer, mode=recipe.model.compiled_decoding, backend=recipe.model.compile_backend)
     no_pickled_args(trainer)
-    if cqbench:
-        cqbench.bind(trainer)
+    own_model_card(trainer)  # output_dir/README.md is ours at every save and hub push, not TRL's generic card
+    for cb in [cqbench, *watch]:
+        if hasattr(cb, "bind"):
+            cb.bind(trainer)
     run_end.bind(trainer, lock)
     return trainer
 

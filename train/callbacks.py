@@ -51,9 +51,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     logged) again, and would otherwise appear twice. A torn last line from the kill goes too."""
     if not path.exists():
         return
-    # the "before" CQBench pass is logged again at every start
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step
-            and not any(k.startswith("cqbench/before/") for k in r)]
+    # a run that starts again from step 0 (no checkpoint yet) logs everything again, CQBench's "before" included
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step] if last_step > 0 else []
     atomic_write_jsonl(path, keep)
 
 
@@ -269,8 +268,10 @@ def no_pickled_args(trainer):
 class RunEnd(TrainerCallback):
     """The end of a run, after every other callback's `on_train_end` (put it last; CQBench's "after" pass logs
     there): the final adapter and processor saved (every rank: ZeRO-3 gathers), then on the main process the pickled
-    training_args.bin replaced by JSON, reward_curves.png drawn, trainer_state.json written last (a resume reads the
-    run as finished only with it: train.resume.final_problem), the W&B run closed and the folder's lock released."""
+    training_args.bin replaced by JSON, reward_curves.png drawn, the model card (README.md) written and
+    trainer_state.json written last (a resume reads the run as finished only with it: train.resume.final_problem),
+    then with `trainer.push_to_hub=true` the folder pushed through the Trainer's own `push_to_hub` (card included),
+    the W&B run closed and the folder's lock released."""
 
     def __init__(self, trainer=None):
         self.trainer = trainer
@@ -283,13 +284,20 @@ class RunEnd(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer is None:
             raise RuntimeError("RunEnd must be bound to its trainer (RunEnd().bind(trainer))")
-        self.trainer.save_model(args.output_dir)  # adapter (safetensors) + processor
+        # adapter (safetensors) + processor; not pushed yet: the hub gets the folder once the card is written
+        self.trainer.save_model(args.output_dir, _internal_call=True)
+        out, png = Path(args.output_dir), None
+        if state.is_world_process_zero:
+            replace_pickled_args(out, args)
+            png = plot_curves(out)
+            self.trainer.create_model_card()  # train.card: ours, from what the run left on disk
+            # the state beside the final adapter, last: a later resume of this output_dir sees the run finished only
+            # with it (train.resume.final_problem)
+            atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
+        if args.push_to_hub:
+            self.trainer.push_to_hub(commit_message="End of training")  # every rank: it saves (ZeRO-3 gathers)
         if not state.is_world_process_zero:
             return
-        out = Path(args.output_dir)
-        replace_pickled_args(out, args)
-        png = plot_curves(out)
-        atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
         wandb = active_wandb()  # only runs that report to W&B have a run to close
         if wandb is not None:
             if png is not None:

@@ -1,9 +1,10 @@
 """reward_curves.png from a run's metrics.jsonl, and `mmpc-rl curves out=DIR` to redraw it.
 
-Each panel shows a curve's logged points faint and, over them, their running mean (SMOOTH_FRACTION of the run's
-steps, centred): one GRPO step scores one group of prompts, so the raw total reward jumps with the prompt and hides
-a rise that the mean shows. The reward panel also marks the mean of the first and of the last quarter of the steps
-(the numbers the README and tests/test_demo.py quote). Legends sit to the right of the panels, clear of the data.
+Each training panel shows a curve's logged points faint and, over them, their running mean (SMOOTH_FRACTION of the
+run's steps, centred): one GRPO step scores one group of prompts, so the raw total reward jumps with the prompt and
+hides a rise that the mean shows. The reward panel also marks the mean of the first and of the last quarter of the
+steps (the numbers the README and tests/test_demo.py quote). Beside it, the CQBench gold curve (held-out items,
+before training to after). Legends sit to the right of the panels, clear of the data.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ CURVE_GROUPS = (
     ("kl", "KL to the reference", ("kl",)),
     ("completion length", "tokens", ("completions/mean_length",)),
     ("frac_reward_zero_std", "fraction of groups", ("frac_reward_zero_std",)),
+    ("format failures", "share of completions", ("completions/format_fail_rate",)),
     ("step time", "seconds", ("step_time",)),
     ("reward time", "seconds", ("timing/reward/",)),
 )
 SMOOTH_FRACTION = 1 / 6  # the running mean spans this share of the steps (at least 3)
 TOTAL = "reward"
+GOLD = "cqbench/gold/"
+GOLD_TITLE = "CQBench on held-out items (gold): step 0 = before training, last point = after"
 
 
 def quarter_means(values: list[float]) -> tuple[float, float]:
@@ -102,6 +106,36 @@ def metric_panel(ax, recs: list[dict], keys: list[str]) -> None:
             draw_curve(ax, s, v, key, next(colors, "tab:gray"))
 
 
+def gold_points(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """metric -> [(step, value)] of the gold curve (`cqbench/gold/<metric>`), in logged order."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k.startswith(GOLD) and isinstance(v, (int, float)) and not isinstance(v, bool):
+                points.setdefault(k[len(GOLD):], []).append((r["step"], v))
+    return points
+
+
+def plot_gold(ax, gold: dict[str, list[tuple[int, float]]]) -> None:
+    """One line per CQBench metric; metrics on another scale than [0, 1] (PSNR in dB) on a right-hand axis."""
+    right = None
+    for metric, pts in gold.items():
+        wide = max(abs(v) for _, v in pts) > 1.5
+        if wide and right is None:
+            right = ax.twinx()
+        target = right if wide else ax
+        target.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                    linestyle="--" if wide else "-", label=metric)
+    ax.set_title(GOLD_TITLE, fontsize=9)
+    ax.set_ylabel("score", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.2)
+    handles = [h for a in (ax, right) if a is not None for h in a.get_legend_handles_labels()[0]]
+    # beside the panel (and past a right-hand axis), clear of the points
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.08 if right else 1.01, 1.0),
+              borderaxespad=0, frameon=False)
+
+
 def panels_of(recs: list[dict]) -> list[tuple[str, str, list[str]]]:
     keys = sorted({k for r in recs for k in r})
     panels = [(title, ylabel, [k for k in keys if any(k == p or (p.endswith("/") and k.startswith(p)) for p in pre)
@@ -137,15 +171,22 @@ def _pyplot():
 
 
 def plot_curves(output_dir: str | Path, path: str | Path | None = None) -> Path | None:
-    """OUTPUT_DIR/reward_curves.png (or `path`) from metrics.jsonl: total reward and each term, KL, completion
-    length, zero-std fraction, timings. None when nothing was logged."""
-    recs = training_records(output_dir)
+    """OUTPUT_DIR/reward_curves.png (or `path`) from metrics.jsonl: total reward and each term, the CQBench gold curve
+    beside it, KL, completion length, zero-std fraction, format failures, timings. None when nothing was logged."""
+    every = list(read_jsonl(Path(output_dir) / "metrics.jsonl"))
+    recs = [r for r in every if "reward" in r or "loss" in r]
     if not recs:
         return None
     plt = _pyplot()
-    panels = panels_of(recs)
+    panels: list = panels_of(recs)
+    gold = gold_points(every)
+    if gold:
+        panels.insert(1, (GOLD_TITLE, "score", None))
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), sharex=True, squeeze=False)
     for ax, (title, ylabel, keys) in zip(axes[:, 0], panels, strict=True):
+        if keys is None:
+            plot_gold(ax, gold)
+            continue
         reward_panel(ax, recs) if title == "reward" else metric_panel(ax, recs, keys)
         _finish(ax, title, ylabel)
     axes[-1, 0].set_xlabel("GRPO step", fontsize=8)

@@ -1,7 +1,7 @@
 """GRPO fine-tuning of a vision-language model that completes a missing product modality.
 
     accelerate launch train/grpo.py recipe=i2t                              # Qwen2.5-VL-7B, bf16 LoRA, one GPU
-    accelerate launch train/grpo.py recipe=i2t model.qlora=true             # 4-bit NF4 QLoRA (the paper's setup)
+    accelerate launch train/grpo.py recipe=i2t model.qlora=true             # 4-bit NF4 QLoRA, bf16 compute
     accelerate launch --config_file launch/ddp.yaml train/grpo.py recipe=i2t  # several GPUs, one node
     accelerate launch train/grpo.py recipe=demo-i2t                  # CPU: tiny policy, real MiniLM, sample data
     python train/grpo.py recipe=i2t model.name_or_path=/models/tiny data.path=/data/mmpcbench trainer.max_steps=20
@@ -13,14 +13,17 @@ checkpoints, and the final adapter + processor.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from mmpc_rl.errors import run_cli
 from mmpc_rl.lock import release_folder
+from mmpc_rl.train.cuda_check import refuse_cpu_training
 from mmpc_rl.train.recipe import load_training_recipe
 from mmpc_rl.train.resume import finished_run, refinish_point, resume_point
+from mmpc_rl.train.stopping import RECORD, stopped_early
 
 DEMO_RECIPE = "demo-i2t"
 
@@ -28,7 +31,8 @@ DEMO_RECIPE = "demo-i2t"
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = load_training_recipe(argv)  # fails in seconds on a bad recipe, key or reward
-    done = finished_run(recipe.trainer)
+    refuse_cpu_training(recipe)  # a >= 1 B policy without usable CUDA: one line now, nothing written
+    done = finished_run(recipe.trainer) or stopped_early(recipe)
     if done:
         print(f"mmpc-rl: {done}")
         return 0
@@ -55,13 +59,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_summary(output_dir: str, steps: int, seconds: float) -> str:
-    """The last lines of a run: CQBench before/after (when eval ran) and where the results are."""
+    """The last lines of a run: CQBench before/after (when eval ran), last and best, the watch summary, why it
+    stopped early (if it did) and where the results are."""
+    from mmpc_rl.train.best import best_lines
+    from mmpc_rl.train.watch import summary_lines
+
     out = Path(output_dir)
     lines = [f"mmpc-rl: trained {steps} steps in {seconds:.0f} s"]
+    early = json.loads((out / RECORD).read_text()) if (out / RECORD).is_file() else {}
+    if early.get("step") == steps:  # this run's stop, not an earlier one that was trained on from
+        lines.append(f"mmpc-rl: {early['line']}")
     table = out / "cqbench" / "before_after.md"
     if table.is_file():
         lines += ["", table.read_text().strip(), ""]
-    for label, name in (("adapter", "adapter_model.safetensors"), ("reward curves", "reward_curves.png"),
+    lines += [*best_lines(out), *summary_lines(out)]
+    for label, name in (("adapter", "adapter_model.safetensors"), ("best adapter", "best"),
+                        ("reward curves", "reward_curves.png"), ("model card", "README.md"),
                         ("completions", "completions"), ("metrics", "metrics.jsonl"), ("recipe", "config.yaml"),
                         ("CQBench", "cqbench/before_after.md")):
         if (out / name).exists():

@@ -141,13 +141,15 @@ def _media_of(reward) -> dict[str, list]:
     return media() if callable(media) else {}
 
 
-def instrument_rewards(rewards, recorder: CompletionRecorder | None = None, check: RewardCheck | None = None) -> list:
+def instrument_rewards(rewards, recorder: CompletionRecorder | None = None, batch_check=None,
+                       check: RewardCheck | None = None) -> list:
     """Wrap rewards so each logs its time (`timing/reward/<name>`, through TRL's `log_metric`), feeds the table and
-    reports its scores to `check`."""
-    return [_wrap(r, recorder, check) for r in rewards]
+    reports its scores to `check`. `batch_check(completions) -> {key: number}` runs once per generation batch (with
+    the first reward) and is logged the same way (e.g. the share of completions that fail the format check)."""
+    return [_wrap(r, recorder, batch_check if i == 0 else None, check) for i, r in enumerate(rewards)]
 
 
-def _wrap(reward, recorder, check=None):
+def _wrap(reward, recorder, batch_check=None, check=None):
     name = getattr(reward, "__name__", type(reward).__name__)
     is_async = inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__)
 
@@ -156,6 +158,8 @@ def _wrap(reward, recorder, check=None):
             check.see(name, scores)
         if kwargs.get("log_metric") is not None:
             kwargs["log_metric"](f"timing/reward/{name}", time.perf_counter() - t0)
+            for key, value in (batch_check(completions) if batch_check is not None else {}).items():
+                kwargs["log_metric"](key, value)
         images = _media_of(reward)
         if recorder is not None:
             state = kwargs.get("trainer_state")

@@ -1,7 +1,9 @@
-"""`mmpc-rl plan recipe=NAME [gpu_gb=80] [image_px=500] [prompt_tokens=N] [format=text|json] [key=value ...]`:
+"""`mmpc-rl plan recipe=NAME [gpu_gb=80] [image_px=N] [prompt_tokens=N] [format=text|json] [key=value ...]`:
 the predicted peak GPU memory of one GRPO step of a recipe, with its breakdown and whether it fits. Nothing is
 loaded or downloaded: the model is counted on the meta device, and the rewards' models from what each reward
-declares. Planner options are split out first; every other key=value overrides the recipe, as for `mmpc-rl train`."""
+declares. Planner options are split out first; every other key=value overrides the recipe, as for `mmpc-rl train`.
+Exit status 0 when it fits, 1 when it does not (the output then names a layout, a model.max_pixels or a GPU size
+that fits), 2 on bad input."""
 
 from __future__ import annotations
 
@@ -17,10 +19,18 @@ from mmpc_rl.train.recipe import load_training_recipe
 
 @dataclass
 class PlanOptions:
-    gpu_gb: float = 80.0  # the paper's one H100 80GB
-    image_px: int | None = None  # side of the (square) product image; None: ~500 px, an Amazon "large" image
+    gpu_gb: float = 80.0  # the paper: "All experiments are conducted on a single 80 GB H100 GPU"
+    image_px: int | None = None  # side of the (square) product image; None: an image at the model.max_pixels cap
     prompt_tokens: int | None = None  # prompt text tokens; None: estimated from the task's prompt
-    format: str = "text"
+    format: str = "text"  # text | json
+
+
+def usage() -> str:
+    import dataclasses
+
+    keys = [f"  {f.name}={f.default}" for f in dataclasses.fields(PlanOptions)]
+    return "\n".join([__doc__.strip(), "", "options (default):", *keys,
+                      "  recipe=NAME and any recipe key as section.key=value (docs/memory.md)"])
 
 
 def render_text(result, recipe_name: str) -> str:
@@ -41,6 +51,9 @@ def render_text(result, recipe_name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        return 0
     opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True)
     if opts.format not in ("text", "json"):
         raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
@@ -53,4 +66,4 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result.as_dict()))
     else:
         print(render_text(result, recipe.name))
-    return 0
+    return 0 if result.fits else 1

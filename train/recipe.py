@@ -1,5 +1,5 @@
-"""The recipe of a training-side command: the typed Recipe, with its rewards checked by the reward package and the
-generation backend checked against what is installed.
+"""The recipe of a training-side command: the typed Recipe, with its rewards checked by the reward package, the
+generation backend checked against what is installed, and the CQBench metrics it selects on or stops on named.
 
 Entry points call it first, so a bad recipe, key, value, reward or backend fails before any data, model or reward
 loads. Checking `trainer`/`lora` keys imports TRL and PEFT (about 8 s, for their field lists); nothing else here
@@ -12,8 +12,10 @@ from importlib import metadata
 from packaging.version import Version
 
 from mmpc_rl.config import Recipe, load_recipe
-from mmpc_rl.errors import ConfigError
+from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.eval.metrics import metrics_for
 from mmpc_rl.rewards import validate_rewards
+from mmpc_rl.train.decoding import resolve_backend
 
 # What TRL 1.16 accepts (trl/import_utils.py is_vllm_available); every vLLM in it pins its own torch/transformers.
 VLLM_RANGE = (Version("0.22.0"), Version("0.31.0"))
@@ -42,8 +44,41 @@ def check_vllm(recipe: Recipe) -> None:
                           "it sampled from; unset them (or set the bounds in the checkpoint's preprocessor config)")
 
 
+# CQBench metrics that need a scorer the recipe may leave out
+METRIC_SCORER = {"bertscore_f1": "bertscore", "lpips": "lpips", "clip": "clip"}
+
+
+def gold_metrics(recipe: Recipe) -> list[str]:
+    """The CQBench numbers a training run logs as its gold curve (`cqbench/gold/<name>`)."""
+    scored = [m for m in metrics_for(recipe.task) if m not in METRIC_SCORER or getattr(recipe.eval, METRIC_SCORER[m])]
+    return [*scored, "parse_ok_rate"]
+
+
+def check_gold_settings(recipe: Recipe) -> None:
+    """`eval.select_best` and `early_stop.metric` name a metric this run logs, with the evaluations it needs."""
+    ev, stop = recipe.eval, recipe.early_stop
+    if ev.every_n_steps and not ev.enabled:
+        raise ConfigError(f"eval.every_n_steps={ev.every_n_steps} runs CQBench during training: set eval.enabled=true")
+    names = gold_metrics(recipe)
+    for key, value in (("eval.select_best", ev.select_best), ("early_stop.metric", stop.metric)):
+        if value is None or (key == "early_stop.metric" and value == "reward"):
+            continue
+        if value not in names:
+            valid = (["reward"] if key == "early_stop.metric" else []) + names
+            raise ConfigError(f"{key}={value!r} is not logged by this {recipe.task} run" + did_you_mean(
+                str(value), valid))
+        if not ev.enabled:
+            raise ConfigError(f"{key}={value} needs CQBench during training: set eval.enabled=true")
+    if stop.metric not in (None, "reward") and not ev.every_n_steps:
+        raise ConfigError(f"early_stop.metric={stop.metric} is a CQBench metric: set eval.every_n_steps too (its "
+                          "patience counts evaluations)")
+
+
 def load_training_recipe(argv: list[str] | None = None, default: str | None = None) -> Recipe:
     recipe = load_recipe(argv, default)
     validate_rewards(recipe.rewards, recipe.task)
     check_vllm(recipe)
+    check_gold_settings(recipe)
+    if recipe.model.compile_backend is not None:
+        resolve_backend(str(recipe.model.compile_backend))  # a name torch.compile knows, or an importable callable
     return recipe

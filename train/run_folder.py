@@ -31,7 +31,10 @@ from mmpc_rl.train.run_config import scrub
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "skips.json", "reward_curves.png", "wandb_run_id.txt",
              "trainer_state.json", "training_args.json", "training_args.bin", "adapter_model.safetensors",
              "adapter_config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-             "completions", "cqbench", "checkpoint-*")
+             "watch.json", "early_stop.json", "completions", "cqbench", "checkpoint-*", "best", ".best.tmp",
+             ".best.old")
+# the model card is a run's too, but a README.md alone does not make a folder another run's: it goes with the others
+CLEARED_WITH = ("README.md",)
 # keys a resume may change: they say how long to train, how often to log, evaluate and save, and where to report;
 # everything else makes another run
 SAFE_ON_RESUME = ("recipe", "trainer.max_steps", "trainer.num_train_epochs", "trainer.resume_from_checkpoint",
@@ -40,7 +43,8 @@ SAFE_ON_RESUME = ("recipe", "trainer.max_steps", "trainer.num_train_epochs", "tr
                   "trainer.per_device_eval_batch_size", "trainer.push_to_hub", "trainer.hub_*", "trainer.disable_tqdm",
                   "trainer.dataloader_*", "trainer.gradient_checkpointing", "trainer.num_completions_to_print",
                   "trainer.wandb_log_unique_prompts", "model.compiled_decoding", "model.cpu_threads",
-                  "model.attn_implementation", "data.cache_dir", "eval.*", "wandb.*")
+                  "model.attn_implementation", "data.cache_dir", "eval.every_n_steps", "eval.max_fraction",
+                  "eval.batch_size", "eval.divergence_window", "early_stop.*", "wandb.*")
 LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")
 
 
@@ -134,7 +138,7 @@ def folder_problem(recipe: Recipe) -> str | None:
     if not found:
         return None
     if overwrite:
-        for path in found:
+        for path in [*found, *(p for n in CLEARED_WITH if (p := out / n).exists())]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         print(f"mmpc-rl: trainer.overwrite_output_dir=true: removed the previous run's files from {out} "
               f"({', '.join(p.name for p in found[:4])}{', ...' if len(found) > 4 else ''})", file=sys.stderr)

@@ -29,10 +29,12 @@ def build_grpo_config(recipe: Recipe) -> GRPOConfig:
                           "resolve it first with mmpc_rl.train.builder.resolve_layout(recipe), as build_trainer does")
     opts.pop("overwrite_output_dir", None)  # ours, not GRPOConfig's (mmpc_rl.checks.TRAINER_EXTRA)
     opts["reward_weights"] = recipe.reward_weights
-    if not torch.cuda.is_available() and not opts.get("use_cpu"):
-        # TRL would stop with "Your setup doesn't support bf16/gpu"; a CPU run of a real recipe is what a
-        # user without a GPU means (e.g. a tiny local model), so say so and go on.
-        print("mmpc-rl: no CUDA device found: training on CPU in float32 (trainer.use_cpu=true, bf16=false)")
+    if recipe.model.device == "cpu":
+        opts.update(use_cpu=True, bf16=False, fp16=False)
+    elif not torch.cuda.is_available() and not opts.get("use_cpu"):
+        # TRL would stop with "Your setup doesn't support bf16/gpu"; for a policy under 1 B parameters (a >= 1 B one
+        # was refused by train.cuda_check) a CPU run is what a user without a GPU means, so say so and go on.
+        print("mmpc-rl: no CUDA device found: training on CPU in float32 (model.device=cpu says so)")
         opts.update(use_cpu=True, bf16=False, fp16=False)
     for key, value in opts.items():
         if key.endswith("_strategy") and isinstance(value, bool):

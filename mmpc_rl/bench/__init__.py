@@ -8,4 +8,6 @@ them, and nothing in the core, imports it.
 - `recbench_speed`: `python -m mmpc_rl.bench.recbench_speed`, seconds per recommender epoch and evaluation.
 - `data_scan`: `python -m mmpc_rl.bench.data_scan`, lines/s and peak RSS of the metadata scan.
 - `plan_anchors`: `python -m mmpc_rl.bench.plan_anchors`, the H100 measurements the memory planner is held to.
+- `reproduce`: `bench/reproduce_paper.sh NAME`, the commands behind each table and figure of the paper
+  (docs/reproduce.md); it runs the CLI, so it sits here with the other runners of the whole stack.
 """

@@ -18,7 +18,8 @@ from mmpc_rl.models import build_qwen25_vl_7b
 from mmpc_rl.rewards import Reward, RewardSet
 from mmpc_rl.tiny.qwen import build_model as tiny_model
 from mmpc_rl.tiny.qwen import build_processor as tiny_processor
-from mmpc_rl.train.builder import build_trainer, task_rows
+from mmpc_rl.train.builder import build_trainer, resolve_layout, task_rows
+from mmpc_rl.train.callbacks import RunEnd
 from mmpc_rl.train.trl_config import build_lora_config
 
 
@@ -207,10 +208,11 @@ def plain_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, o
 
 
 def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards: RewardSet, device: str,
-            dtype, group: int, model=None) -> dict:
+            dtype, group: int, model=None, gpu_gb: float | None = None, predict=None) -> dict:
     """Train warmup+steps GRPO steps of one arm on a fresh copy of the model (or on `model`, e.g. a 4-bit one);
     its timings and peak memory. The project arm is `build_trainer` itself (a training run of the recipe, given this
-    model and these rewards); the plain arm is a bare GRPOTrainer with TRL's defaults."""
+    model and these rewards), its layout planned for `gpu_gb` when given (else for this device); the plain arm is a
+    bare GRPOTrainer with TRL's defaults. `predict(trainer, model)` adds its figures (the planner's) to the result."""
     from trl import GRPOTrainer
 
     output_dir = os.path.join(opts.out, arm)
@@ -220,9 +222,14 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
         model = build_model(opts.shape, processor, device=device, dtype=dtype, seed=opts.seed)
     timer = StepTimer(device)
     if arm == "project":
-        trainer = build_trainer(project_recipe(recipe, opts, group=group, output_dir=output_dir),
-                                policy=(model, processor), train_dataset=dataset, rewards=rewards,
+        run = project_recipe(recipe, opts, group=group, output_dir=output_dir)
+        if gpu_gb is not None:
+            run = resolve_layout(run, gpu_gb)  # pinned here, so build_trainer keeps it on a bigger card
+        trainer = build_trainer(run, policy=(model, processor), train_dataset=dataset, rewards=rewards,
                                 callbacks=[timer.callback()])
+        # the run's end (final adapter, reward_curves.png) comes after the measured steps and would need matplotlib,
+        # which the GPU check does not carry
+        trainer.remove_callback(RunEnd)
     else:
         args = plain_args(recipe, opts, device=device, group=group, output_dir=output_dir,
                           reward_weights=list(rewards.weights))
@@ -241,6 +248,8 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
     if decoding is not None:
         result["decoding"] = {**dataclasses.asdict(decoding), "recompiles": decoding.recompiles}
     result["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if predict is not None:
+        result.update(predict(trainer, model))
     del trainer, model
     release()
     return result
@@ -249,6 +258,7 @@ def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset,
 def resolved_settings(args) -> dict:
     """What decides speed and the objective in a GRPOConfig: compared between an arm and a training run."""
     keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
-            "gradient_checkpointing", "bf16", "cache_implementation", "pad_to_multiple_of", "loss_type", "beta",
-            "epsilon", "epsilon_high", "learning_rate", "scale_rewards", "temperature", "num_generations")
+            "gradient_checkpointing", "bf16", "cache_implementation", "pad_to_multiple_of", "disable_dropout",
+            "loss_type", "beta", "epsilon", "epsilon_high", "learning_rate", "scale_rewards", "temperature",
+            "num_generations")
     return {k: getattr(args, k) for k in keys}

@@ -66,8 +66,8 @@ def load_clip_model(name_or_path: str = DEFAULT_CLIP, device: str | None = None,
 
 def load_bertscore(name_or_path: str, num_layers: int | None = None, batch_size: int = 64,
                    device: str | None = None):
-    """A `bert_score.BERTScorer` (idf off, no baseline rescaling: the paper's setup). A local folder needs
-    `num_layers` unless bert_score knows the model by the folder's name (e.g. roberta-large: 17)."""
+    """A `bert_score.BERTScorer` (idf off, no baseline rescaling: the authors' `evaluate` defaults). A local folder
+    needs `num_layers` unless bert_score knows the model by the folder's name (e.g. roberta-large: 17)."""
     layers = text.bertscore_layers(str(name_or_path), num_layers)  # by name: a resolved cache folder is a hash
     path = resolve_model_path(str(name_or_path), kind="BERTScore encoder")
     dev, dt = placement("bertscore", device)

@@ -15,7 +15,9 @@ from mmpc_rl.models.placement import policy_dtype, torch_dtype
 
 
 def bnb_config(compute_dtype: str = "bfloat16"):
-    """The paper's 4-bit setup: NF4, double quantisation, bf16 compute."""
+    """4-bit NF4 with double quantisation, as the authors' inference `load_model`
+    (CQBench/imagine_amazon_data_bench.py); compute in `compute_dtype` (theirs: float16 for Qwen, bfloat16 for Gemma;
+    "auto" here is bfloat16)."""
     try:
         import bitsandbytes  # noqa: F401 - optional extra: only QLoRA needs it
     except ImportError:

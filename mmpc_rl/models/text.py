@@ -34,7 +34,7 @@ def bertscore_layers(name_or_path: str, num_layers: int | None) -> int:
 
 
 def build_bertscore(path: str, num_layers: int, batch_size: int, device: str):
-    """A `bert_score.BERTScorer`: idf off, no baseline rescaling, the paper's setup."""
+    """A `bert_score.BERTScorer`: idf off, no baseline rescaling, as the authors' `evaluate.load("bertscore")`."""
     from bert_score import BERTScorer
 
     try:

@@ -9,18 +9,26 @@ import math
 from collections.abc import Iterable
 
 from mmpc_rl.errors import ConfigError
-from mmpc_rl.plan.memory import ModelMemory, Plan, PlanInputs, choose_layout, plan
-from mmpc_rl.plan.shapes import image_tokens, model_shape
+from mmpc_rl.plan.memory import (
+    EVIDENCE_MARGIN,
+    ModelMemory,
+    Plan,
+    PlanInputs,
+    candidate_layouts,
+    choose_layout,
+    plan,
+    required_gb,
+)
+from mmpc_rl.plan.shapes import image_tokens, max_image_tokens, model_shape
 from mmpc_rl.prompts import prompt_text
 
-# CQBench's BERTScore encoder in training: roberta-large (the paper's; 355,359,744 parameters on the meta device), in
-# fp32 on the CPU, where mmpc_rl.models places BERTScore and the training callback leaves it.
+# CQBench's BERTScore encoder in training: roberta-large (the authors' evaluate default; 355,359,744 parameters on the
+# meta device), in fp32 on the CPU, where mmpc_rl.models places BERTScore and the training callback leaves it.
 CQBENCH_BERTSCORE = ModelMemory("CQBench BERTScore (roberta-large)", params=355_359_744, bytes_per_param=4,
                                 device="cpu")
 # Chat-template tokens around a Qwen2.5-VL user turn (default system prompt, role markers, vision start/end) and
 # English prompt text at ~4 characters per token: an estimate, since the real tokenizer is not here (prompt_tokens=).
 TEMPLATE_TOKENS, CHARS_PER_TOKEN, TITLE_CHARS = 21, 4, 120
-DEFAULT_IMAGE_PX = 500  # an Amazon-2023 "large" product image is about 500 px on its longest side
 
 
 def estimated_prompt_tokens(task: str, prompt: str) -> int:
@@ -62,14 +70,21 @@ def inputs_from_recipe(recipe, *, models: Iterable[ModelMemory] = (), image_px: 
     notes = []
     if shape.source == "built-in":
         notes.append(f"{shape.name} is not cached here: planned from the built-in shape table (nothing downloaded)")
-    px = image_px or DEFAULT_IMAGE_PX
     i2t = recipe.task == "i2t"
-    n_image = image_tokens(shape, px, px, model.min_pixels, model.max_pixels) if i2t else 0
+    if not i2t:
+        n_image = 0
+    elif image_px:
+        n_image = image_tokens(shape, image_px, image_px, model.min_pixels, model.max_pixels)
+    else:  # the worst case a dataset can send: one group is one image x G sequences
+        n_image = max_image_tokens(shape, model.max_pixels)
     if prompt_tokens is None:
         prompt_tokens = estimated_prompt_tokens(recipe.task, recipe.data.prompt)
         notes.append(f"prompt text ~{prompt_tokens} tokens (estimated; set prompt_tokens=N)")
-    if i2t:
-        notes.append(f"one {px}x{px} image -> {n_image} image tokens")
+    if i2t and image_px:
+        notes.append(f"one {image_px}x{image_px} image -> {n_image} image tokens")
+    elif i2t:
+        notes.append(f"an image at the pixel cap ({model.max_pixels or shape.max_pixels:,} px) -> {n_image} image "
+                     "tokens, the most one image can cost (image_px=N plans an N x N image)")
     dropout = 0.0 if trainer.get("disable_dropout") else float(lora.get("lora_dropout") or 0.0)
     rewards = on_policy_gpu(models, notes)
     eval_models = on_policy_gpu([CQBENCH_BERTSCORE] if ev.enabled and ev.bertscore and i2t else [], notes)
@@ -98,21 +113,57 @@ def layout_overrides(settings: dict) -> str:
 
 def plan_recipe(recipe, gpu_gb: float, **kwargs) -> Plan:
     """The plan for a recipe on a `gpu_gb` device: its pinned layout as is, or, where it leaves the layout open, the
-    layout choose_layout() picks (settings["chosen_by"] says which)."""
+    layout choose_layout() picks (settings["chosen_by"] says which). When it does not fit, settings["fits_with"] lists
+    what does: a layout with the same objective, a smaller model.max_pixels, or a bigger GPU."""
     inputs = inputs_from_recipe(recipe, **kwargs)
-    pinned = None not in (inputs.micro_batch, inputs.grad_accum, inputs.gradient_checkpointing)
-    if pinned:
+    if None not in (inputs.micro_batch, inputs.grad_accum, inputs.gradient_checkpointing):
         result = plan(inputs, gpu_gb)
         result.settings["chosen_by"] = "recipe"
-        if not result.fits and inputs.micro_batch * inputs.grad_accum == inputs.num_generations:
-            # the same objective (one group per optimizer step) with the layout left open
-            opened = dataclasses.replace(inputs, micro_batch=None, grad_accum=None, gradient_checkpointing=None,
-                                         steps_per_generation=None)
-            chosen, alt = choose_layout(opened, gpu_gb)
-            result.settings["fitting_layout"] = chosen
-            if chosen:
-                result.notes.append("a layout that fits: " + layout_overrides(chosen) + f" ({alt.peak_gb:.1f} GiB)")
-        return result
-    chosen, result = choose_layout(inputs, gpu_gb)
-    result.settings["chosen_by"] = "planner" if chosen else "planner: no layout fits"
+    else:
+        chosen, result = choose_layout(inputs, gpu_gb)
+        result.settings["chosen_by"] = "planner" if chosen else "planner: no layout fits"
+    if not result.fits:
+        result.settings["fits_with"] = fits_with(recipe, inputs, gpu_gb, **kwargs)
+        result.notes.append("does not fit; what does: " + "; or ".join(result.settings["fits_with"]))
     return result
+
+
+def same_objective(inputs: PlanInputs) -> PlanInputs:
+    """The layout opened where it keeps the objective (one group per optimizer step); a pinned layout that does not
+    (micro-batch x accumulation other than G) stays as it is."""
+    if inputs.micro_batch and inputs.grad_accum and inputs.micro_batch * inputs.grad_accum != inputs.num_generations:
+        return inputs
+    return dataclasses.replace(inputs, micro_batch=None, grad_accum=None, gradient_checkpointing=None,
+                               steps_per_generation=None)
+
+
+def smallest_peak(inputs: PlanInputs) -> float:
+    trials = [dataclasses.replace(inputs, micro_batch=c["micro_batch"], grad_accum=c["grad_accum"],
+                                  steps_per_generation=c["steps_per_generation"],
+                                  gradient_checkpointing=c["gradient_checkpointing"])
+              for c in candidate_layouts(inputs)] or [inputs]
+    return min(plan(t).peak_gb for t in trials)
+
+
+def fits_with(recipe, inputs: PlanInputs, gpu_gb: float, **kwargs) -> list[str]:
+    """What makes a recipe that does not fit `gpu_gb` fit, as overrides: a layout with the same objective, else the
+    largest image cap (model.max_pixels, image->text) that fits with some layout, and always the GPU size that would
+    hold the leanest layout."""
+    out = []
+    opened = same_objective(inputs)
+    chosen, _ = choose_layout(opened, gpu_gb)
+    if chosen is not None and (inputs.micro_batch is not None or inputs.gradient_checkpointing is not None):
+        out.append("a layout that fits: " + layout_overrides(chosen))
+    elif inputs.image_tokens and kwargs.get("image_px") is None:
+        factor = (inputs.shape.patch_size * inputs.shape.merge_size) ** 2
+        for tokens in range(inputs.image_tokens - 64, 63, -64):
+            capped = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, max_pixels=tokens * factor))
+            layout, _ = choose_layout(same_objective(inputs_from_recipe(capped, **kwargs)), gpu_gb)
+            if layout is not None:
+                out.append(f"model.max_pixels={tokens * factor} (images of at most {tokens} tokens) with "
+                           + layout_overrides(layout))
+                break
+    need = required_gb(smallest_peak(opened))
+    out.append(f"a GPU of at least {math.ceil(need)} GiB (gpu_gb={math.ceil(need)}; the fit rule keeps "
+               f"{EVIDENCE_MARGIN:.1%} of it free for the planner's measured bias)")
+    return out

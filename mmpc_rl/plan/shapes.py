@@ -94,6 +94,15 @@ def image_tokens(shape: ModelShape, height: int, width: int, min_pixels: int | N
     return (h // factor) * (w // factor)
 
 
+def max_image_tokens(shape: ModelShape, max_pixels: int | None = None) -> int:
+    """The most image tokens one image can cost under the pixel cap (`max_pixels`, else the checkpoint's): smart_resize
+    keeps the resized grid within the cap, and some aspect ratio reaches it (448 x 896 px -> 16 x 32 = 512 tokens at
+    401,408 px)."""
+    if shape.fixed_image_tokens:
+        return shape.fixed_image_tokens
+    return (max_pixels or shape.max_pixels) // (shape.patch_size * shape.merge_size) ** 2
+
+
 # ----------------------------------------------------------------------------------------------- resolving
 # Qwen2.5-VL-72B-Instruct's public config.json numbers that differ from the 7B's (the vision tower is the same in every
 # size but for its output width).
