@@ -386,6 +386,9 @@ def test_the_before_pass_is_reused_only_under_its_fingerprint_and_trained_passes
     (tmp_path / "cqbench" / "before_after.md").write_text("the previous attempt's table")
     begin({"model": "B"}, step=2)  # a resume from checkpoint-2: its weights after step 2 are trained again
     assert sorted(p.name for p in (tmp_path / "cqbench").iterdir()) == ["before", "step-2"]
+    # a resume keeps the first attempt's "before" point: another fingerprint there is another base under the run
+    with pytest.raises(ConfigError, match=r"before/items.jsonl was made with other settings \(model: 'B' -> 'C'\)"):
+        begin({"model": "C"}, step=2)
 
 
 # ------------------------------------------------------------------------------------------------ text->image
