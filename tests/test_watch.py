@@ -153,11 +153,11 @@ def test_early_stop_on_a_gold_metric_counts_evaluations_and_ignores_training_log
 
 
 def test_a_stopped_run_resumed_with_the_same_settings_is_a_no_op(tmp_path):
-    from mmpc_rl.config import load_recipe
-    from mmpc_rl.train.stopping import stopped_early
-
     import torch
     from safetensors.torch import save_file
+
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.train.stopping import stopped_early
 
     argv = ["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "early_stop.metric=reward"]
     (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 12}))
