@@ -6,15 +6,17 @@
     mmpc-rl eval cqbench profile=paper models=[...] split=recbench   # the authors' inference, RecBench's items
     python eval/cqbench.py key=value ...
 
-Writes to output_dir: items/<model>/<task>.jsonl (per item, appended as generated: a rerun with the same settings
-resumes; eval/settings.py), results.json, tables.md (and lora_vs_base.md with adapter=; table4.md / table5.md when
-two or more models ran a task), radar.png. Options: see CQBenchConfig and docs/cqbench.md.
+Writes to output_dir: items/<model>/<task>.jsonl (per item, appended as generated: a rerun under the same
+fingerprint resumes, another one refuses; eval/settings.py), results.json, tables.md (and lora_vs_base.md with
+adapter=; table4.md / table5.md when two or more models ran a task), radar.png. One process at a time per output_dir
+(mmpc_rl.lock). Options: see CQBenchConfig and docs/cqbench.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,11 +34,12 @@ from mmpc_rl.eval.report import (
     markdown_tables,
     radar_png,
 )
-from mmpc_rl.eval.runner import adapter_off, evaluate
+from mmpc_rl.eval.runner import adapter_off, evaluate, rank_and_world
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.eval.settings import check_settings, run_settings
 from mmpc_rl.io import atomic_write_json, atomic_write_text
-from mmpc_rl.models import load_policy
+from mmpc_rl.lock import lock_folder
+from mmpc_rl.models import attach_adapter, load_policy, resolve_model_path, source_key
 from mmpc_rl.options import parse_options
 from mmpc_rl.plan.placement import plan_placement
 from mmpc_rl.prompts import prompt_text
@@ -101,6 +104,17 @@ def model_key(name: str) -> str:
     return key if key.strip(".") else "model"  # "", "." and ".." are not folder names
 
 
+def model_keys(models: list[str]) -> dict[str, str]:
+    """Each model's folder and table name: its `model_key`, and where two sources of one run share it (`/a/model`,
+    `/b/model`; `org1/x`, `org2/x`) a hash of the source after it, so that neither takes the other's results."""
+    keys = {name: model_key(name) for name in models}
+    sources = {name: name if "://" in name else str(Path(source_key(name)).expanduser().resolve())
+               if name.startswith(("/", ".", "~")) or Path(name).exists() else name.rstrip("/") for name in models}
+    shared = {k for k in keys.values() if len({sources[n] for n in models if keys[n] == k}) > 1}
+    return {name: f"{k}-{hashlib.sha256(sources[name].encode()).hexdigest()[:8]}" if k in shared else k
+            for name, k in keys.items()}
+
+
 def load_scorers(cfg: CQBenchConfig):
     renderer = None
     if "t2i" in cfg.tasks:
@@ -150,8 +164,18 @@ def eval_placement(cfg: CQBenchConfig, name: str):
 
 
 def run(cfg: CQBenchConfig) -> dict:
-    """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files."""
+    """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files.
+    The output folder is locked while it runs (the process that writes the reports holds the lock)."""
     out = Path(cfg.output_dir)
+    lock = lock_folder(out, "CQBench output_dir", take=rank_and_world()[0] == 0)
+    try:
+        return _run(cfg, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: CQBenchConfig, out: Path) -> dict:
     items = load_items(cfg.data, split=cfg.split, categories=cfg.categories, limit_per_category=cfg.limit,
                        seed=cfg.seed, cache_dir=cfg.cache_dir)
     if no_image := [it for it in items if not it.get("image")]:  # nothing to show (i2t) or to compare with (t2i)
@@ -162,19 +186,22 @@ def run(cfg: CQBenchConfig) -> dict:
     scorers = load_scorers(cfg)
     results: dict[str, dict] = {}
     deltas = []
-    for name in cfg.models:
+    models = list(dict.fromkeys(cfg.models))
+    keys = model_keys(models)
+    for name in models:
         plan = eval_placement(cfg, name)
         mc = policy_config(cfg, name, plan)
-        key = model_key(name)
+        key = keys[name]
         arms = [(key, None)]
         if cfg.adapter:
             arms = [(key, "base"), (f"{key}+{model_key(cfg.adapter)}", "lora")]
+        resolve_model_path(name)  # a hub id is fetched now, so that its fingerprint names the commit it runs
         tasks = {t: get_task(t, cfg.prompt, name) for t in cfg.tasks}  # the family's wording of the prompt
         settings = {(arm_key, t): run_settings(cfg, name, cfg.adapter if arm == "lora" else None, task, mc,
                                                cpu=plan.mode == "cpu")
                     for arm_key, arm in arms for t, task in tasks.items()}
-        for (arm_key, t), s in settings.items():  # before loading: a run that cannot resume stops at once
-            check_settings(out / "items" / arm_key / f"{t}.jsonl", s)
+        for (arm_key, t), fingerprint in settings.items():  # before loading: a run that cannot resume stops now
+            check_settings(out / "items" / arm_key / f"{t}.jsonl", fingerprint)
         model, processor = load_model(cfg, name, plan)
         if cfg.adapter:
             model = _attach_adapter(model, cfg.adapter)
@@ -196,7 +223,7 @@ def run(cfg: CQBenchConfig) -> dict:
     if not results and cfg.models:  # a rank > 0 of a multi-process run: rank 0 merged its items and writes
         return results
     # Tables 4/5 are across the models asked for (an adapter's arm is a comparison, not another model)
-    models = {model_key(n): results[model_key(n)] for n in cfg.models if model_key(n) in results}
+    models = {keys[n]: results[keys[n]] for n in models if keys[n] in results}
     across = across_models(models)
     atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "profile": profile_record(cfg),
                                              "across_models": across, "results": results})
@@ -214,11 +241,11 @@ def run(cfg: CQBenchConfig) -> dict:
 
 
 def _attach_adapter(model, adapter: str):
-    from peft import PeftModel
-
+    """The adapter on the model, every tensor of it in place (PEFT only warns about a misfit, and the "LoRA" arm
+    would then be the base model)."""
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter={adapter!r} is not a LoRA folder (no adapter_config.json there)")
-    return PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    return attach_adapter(model, adapter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,11 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process; under accelerate/torchrun this starts the process group."""
+    return _dist()
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 

@@ -23,10 +23,16 @@ POSITIVE = ("learning_rate",)
 NON_NEGATIVE = ("beta", "temperature", "max_grad_norm", "weight_decay", "warmup_steps", "epsilon")
 
 
+# `trainer` keys that are not GRPOConfig fields. overwrite_output_dir is the HF Trainer's flag (gone from transformers
+# 5): a fresh run first removes another run's files from its output_dir (train/run_folder.py), instead of refusing.
+TRAINER_EXTRA = ("overwrite_output_dir",)
+
+
 def grpo_fields() -> list[str]:
+    """The keys of a recipe's `trainer` section: trl.GRPOConfig's fields and TRAINER_EXTRA."""
     from trl import GRPOConfig  # TRL costs seconds to import: only when a recipe is checked
 
-    return [f.name for f in dataclasses.fields(GRPOConfig) if f.init]
+    return [f.name for f in dataclasses.fields(GRPOConfig) if f.init] + list(TRAINER_EXTRA)
 
 
 def lora_fields() -> list[str]:
@@ -81,6 +87,9 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     if steps is not None and steps != -1 and steps < 1:
         raise ConfigError(f"trainer.max_steps={steps} trains nothing: give a number of steps >= 1, "
                           "or -1 to train trainer.num_train_epochs epochs")
+    overwrite = trainer.get("overwrite_output_dir", False)
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"trainer.overwrite_output_dir must be true or false, got {overwrite!r}")
     resume = trainer.get("resume_from_checkpoint")
     if isinstance(resume, str) and resume and resume.lower() != "auto" and not Path(resume).is_dir():
         raise ConfigError(f"trainer.resume_from_checkpoint={resume!r} is not a folder "

@@ -15,6 +15,7 @@ Recipe by mmpc_rl.train.trl_config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,7 @@ MODEL_DEVICES = (None, "cpu")
 COMPILED_DECODING = (False, True, "force")
 SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "early_stop", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
+MAX_REWARD_WEIGHT = 1e6  # a reward weighted beyond this drowns the others (and 1e308 overflows float32 to inf)
 
 
 # Three groups of fields are shared by a training recipe and `mmpc-rl eval cqbench` (eval/cqbench.py's CQBenchConfig
@@ -84,6 +86,9 @@ class ModelConfig(ModelLoading):
     compiled_decoding: bool | str = False
     compile_backend: str | None = None  # a torch.compile backend name or module:function; None: transformers' own
     device: str | None = None  # "cpu": train on the CPU in float32; None: CUDA where usable (a >= 1B policy needs it)
+    # torch's intra-op threads for a run on the CPU (None: torch's default). Float sums split over threads round
+    # differently, so a seeded CPU run gives the same numbers on every machine only with a fixed count.
+    cpu_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,9 @@ def build_recipe(raw: dict) -> Recipe:
         sections[name] = schema(**given)
     prompt_text(raw["task"], sections["data"].prompt)  # an unknown prompt name fails here, not after model loading
     _check_watch(sections["eval"], sections["early_stop"])
+    threads = sections["model"].cpu_threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"model.cpu_threads={threads!r}: give a whole number of threads >= 1, or null")
     if sections["model"].dtype not in DTYPES:
         raise ConfigError(f"model.dtype={sections['model'].dtype!r}; valid choices: {', '.join(DTYPES)}")
     if sections["model"].compiled_decoding not in COMPILED_DECODING:
@@ -343,8 +351,16 @@ def build_recipe(raw: dict) -> Recipe:
         if opts is None:  # `rewards.<name>=null` drops one
             continue
         opts = _mapping(f"rewards.{name}", opts)
-        if not isinstance(opts.get("weight", 1.0), (int, float)) or isinstance(opts.get("weight"), bool):
-            raise ConfigError(f"rewards.{name}.weight must be a number, got {opts['weight']!r}")
+        weight = opts.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            raise ConfigError(f"rewards.{name}.weight must be a number, got {weight!r}")
+        if not math.isfinite(weight) or abs(weight) > MAX_REWARD_WEIGHT:
+            # inf/nan make every advantage NaN; 1e308 overflows the weighted sum: the loss is 0 or NaN throughout
+            raise ConfigError(f"rewards.{name}.weight={weight}: must be a finite number within "
+                              f"±{MAX_REWARD_WEIGHT:g}")
         rewards[str(name)] = opts
+    if rewards and not any(float(opts.get("weight", 1.0)) for opts in rewards.values()):
+        raise ConfigError(f"every reward weight is 0 ({', '.join(f'rewards.{n}.weight' for n in rewards)}): "
+                          "the advantages are all 0 and nothing is learned; give one a weight")
     return Recipe(name=str(raw.get("recipe")), task=raw["task"], lora=_frozen(lora), trainer=_frozen(trainer),
                   rewards=_frozen(rewards), **sections)

@@ -141,11 +141,22 @@ def test_wandb_without_credentials_is_one_line(monkeypatch, tmp_path):
     ("trainer.resume_from_checkpoint=/no/such/checkpoint-4", "trainer.resume_from_checkpoint='/no/such/checkpoint-4' "
                                                              "is not a folder"),
     ("trainer.output_dir=${oc.env:MMPC_SURELY_UNSET_VAR}", "Environment variable 'MMPC_SURELY_UNSET_VAR' not found"),
+    ("rewards.minilm_cosine.weight=.inf", "rewards.minilm_cosine.weight=inf: must be a finite number within ±1e+06"),
+    ("rewards.json_format.weight=.nan", "rewards.json_format.weight=nan: must be a finite number within ±1e+06"),
+    ("rewards.minilm_cosine.weight=1e308", "rewards.minilm_cosine.weight=1e+308: must be a finite number within"),
+    ("rewards.minilm_cosine.weight=-2e6", "rewards.minilm_cosine.weight=-2000000.0: must be a finite number within"),
+    ("trainer.overwrite_output_dir=yes_please", "trainer.overwrite_output_dir must be true or false"),
 ])
 def test_bad_values_are_one_line_before_anything_loads(capsys, tmp_path, monkeypatch, arg, message):
     monkeypatch.delenv("MMPC_SURELY_UNSET_VAR", raising=False)
     err = _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "data.path=/no/such/catalog", arg)
     assert message in err
+
+
+def test_reward_weights_that_are_all_zero_are_one_line(capsys, tmp_path):
+    err = _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "data.path=/no/such/catalog",
+               "rewards.minilm_cosine.weight=0", "rewards.json_format.weight=0.0")
+    assert "every reward weight is 0 (rewards.json_format.weight, rewards.minilm_cosine.weight)" in err
 
 
 def test_recipe_file_with_an_unset_env_var_is_one_line(capsys, tmp_path, monkeypatch):
@@ -196,3 +207,62 @@ def test_a_loss_or_grad_norm_that_turns_non_finite_stops_the_run_naming_the_step
         guard.on_log(None, state, None, logs={"loss": float("nan"), "grad_norm": 1.0})
     with pytest.raises(ConfigError, match=r"at step 7: loss=inf, grad_norm=-inf;.*trainer.learning_rate"):
         guard.on_log(None, state, None, logs={"loss": float("inf"), "grad_norm": float("-inf")})
+
+
+def test_a_reward_check_names_the_reward_and_the_step():
+    from mmpc_rl.train.instrument import RewardCheck
+
+    check = RewardCheck()
+    check.see("fine", [0.5, None, 1.0])  # None for some completions: "does not apply" (TRL), kept
+    check.see("fine", [0.0])
+    assert check.problem(3, check.counts) is None
+    check.see("broken", [0.1, float("nan"), float("nan"), 0.2])
+    assert check.problem(3, check.counts).startswith("reward 'broken' returned nan for 2 of 4 completions at step 3")
+    check = RewardCheck()
+    check.see("silent", [None, None])
+    assert "reward 'silent' returned None for all 2 completions at step 9" in check.problem(9, check.counts)
+    check = RewardCheck()
+    check.see("overflow", [float("inf"), "text"])
+    assert "returned inf for 2 of 2 completions" in check.problem(1, check.counts)
+
+
+@pytest.fixture(scope="module")
+def turns_bad():
+    """A reward that scores 0.5 at step 1 and then its `value` (nan, inf or none) for every completion."""
+    import math
+
+    from mmpc_rl.rewards import REGISTRY, register
+
+    @register("turns_bad")
+    def factory(task, context=None, value: str = "nan"):
+        bad = {"nan": math.nan, "inf": math.inf, "none": None}[value]
+
+        def reward(completions, trainer_state, **_):
+            return [0.5 if trainer_state.global_step == 0 else bad for _ in completions]
+        return reward
+
+    yield
+    REGISTRY.pop("turns_bad")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("nan", "reward 'turns_bad' returned nan for 2 of 2 completions at step 2"),
+    ("inf", "reward 'turns_bad' returned inf for 2 of 2 completions at step 2"),
+    ("none", "reward 'turns_bad' returned None for all 2 completions at step 2"),
+])
+def test_a_reward_that_returns_nan_inf_or_none_stops_the_run_naming_it_and_the_step(capsys, tmp_path, turns_bad,
+                                                                                      one_thread, kind, message):
+    """Beside json_format: TRL would drop the NaN as "does not apply" (nansum), train on, and exit 0."""
+    from mmpc_rl.train.grpo import main
+
+    out = tmp_path / "run"
+    rc = run_cli(lambda: main(["recipe=demo-i2t", "model.name_or_path=tiny://qwen2.5-vl", "eval.enabled=false",
+                               "rewards.minilm_cosine=null", "rewards.turns_bad.weight=1",
+                               f"rewards.turns_bad.value={kind}", "trainer.max_steps=3", "trainer.num_generations=2",
+                               "trainer.per_device_train_batch_size=2", "trainer.max_completion_length=4",
+                               "trainer.save_strategy=no", "data.limit_per_category=1", f"trainer.output_dir={out}"]))
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the progress bar may share its line
+    assert rc == 2 and f"mmpc-rl: error: {message}" in last and "Traceback" not in last
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1]  # step 1 trained, step 2 never did
+    assert not (out / "adapter_model.safetensors").exists()

@@ -49,7 +49,7 @@ def test_override_precedence_cli_over_recipe_over_base():
     assert base_only.trainer.save_total_limit == 3  # from base.yaml
     assert base_only.trainer.learning_rate == 1e-5  # i2t.yaml over base.yaml
     demo = load_recipe(["recipe=demo-i2t"])
-    assert demo.trainer.learning_rate == 5e-3  # demo-i2t.yaml over i2t.yaml (inherit)
+    assert demo.trainer.learning_rate == 3e-3  # demo-i2t.yaml over i2t.yaml (inherit)
     assert demo.trainer.loss_type == "grpo"  # inherited from i2t
     cli = load_recipe(["recipe=demo-i2t", "trainer.learning_rate=0.5", "rewards.minilm_cosine.weight=3"])
     assert cli.trainer.learning_rate == 0.5 and build_grpo_config(cli).reward_weights == [1.0, 3.0]

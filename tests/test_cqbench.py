@@ -127,6 +127,12 @@ def test_model_keys():
     assert cqbench.model_key("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen2.5-VL-7B-Instruct"
     assert cqbench.model_key("tiny://qwen2.5-vl") == "tiny-qwen2.5-vl"
     assert cqbench.model_key("/ckpt/run 1/") == "run_1"
+    # two sources with one name get a hash of their source each; a name of its own stays readable
+    keys = cqbench.model_keys(["/a/model", "/b/model", "org1/x", "org2/x", "tiny://qwen2.5-vl"])
+    assert len(set(keys.values())) == 5 and keys["tiny://qwen2.5-vl"] == "tiny-qwen2.5-vl"
+    assert all(keys[n].startswith(p) and len(keys[n]) == len(p) + 8 for n, p in
+               (("/a/model", "model-"), ("/b/model", "model-"), ("org1/x", "x-"), ("org2/x", "x-")))
+    assert cqbench.model_keys(["/a/model", "/a/model/"]) == {"/a/model": "model", "/a/model/": "model"}
 
 
 # -------------------------------------------------------------------------------------------------- reports
@@ -207,6 +213,75 @@ def test_adapter_folder_must_hold_an_adapter(tmp_path):
         cqbench._attach_adapter(None, str(tmp_path))
 
 
+def _edited_adapter(src: Path, dest: Path, edit) -> Path:
+    """A copy of adapter `src` whose tensors `edit` changed ({name: tensor} -> {name: tensor})."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    weights = dest / "adapter_model.safetensors"
+    save_file(edit(load_file(str(weights))), str(weights))
+    return dest
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: {k.replace("q_proj", "qq_proj"): v for k, v in w.items()}, "have no place in the model"),
+    (lambda w: {k: v for k, v in w.items() if "v_proj" not in k}, "adapter weights of the model are not in it"),
+    (lambda w: {k: v[:2].clone() if "lora_A" in k else v for k, v in w.items()}, "size mismatch"),
+])
+def test_an_adapter_that_does_not_fit_the_model_is_an_error(tiny_adapter, tmp_path, edit, message):
+    """PEFT only warns (or says nothing): the "LoRA" arm would be the base model, or part of it, with Δ = 0."""
+    from mmpc_rl.config import ModelConfig
+    from mmpc_rl.errors import ModelLoadError
+    from mmpc_rl.models import load_policy
+
+    bad = _edited_adapter(tiny_adapter, tmp_path / "bad", edit)
+    model, _ = load_policy(ModelConfig(name_or_path=TINY, dtype="float32"), cpu=True)
+    with pytest.raises(ModelLoadError, match=f"adapter {bad} does not fit the model: .*{message}"):
+        cqbench._attach_adapter(model, str(bad))
+
+
+def test_models_and_adapters_with_one_name_never_share_results(tiny_qwen, tiny_adapter, tmp_path, capsys):
+    """`/a/model` and `/b/model` are both evaluated (4 item-runs, not 2); a second `checkpoint-2`, another adapter,
+    or a model folder whose content changed, does not resume the first one's items."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    a, b = tmp_path / "a" / "model", tmp_path / "b" / "model"
+    shutil.copytree(tiny_qwen, a)
+    shutil.copytree(tiny_qwen, b)
+    weights = b / "model.safetensors"
+    save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights),
+              metadata={"format": "pt"})
+    out = tmp_path / "cq"
+    args = [f"output_dir={out}", "data=sample", "limit=2", "categories=[Video_Games]", "max_new_tokens=4",
+            "dtype=float32", "progress=false"]
+    assert cqbench.main([f"models=[{a},{b}]", *args]) == 0
+    assert "CQBench scored 4 item-runs" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 2 and all(k.startswith("model-") for k in results)
+    # the model folder a/model retrained in place: same name, other weights
+    alone = [f"models=[{a}]", f"output_dir={tmp_path / 'alone'}", *args[1:]]
+    assert cqbench.main(alone) == 0
+    shutil.copy(weights, a / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"model/i2t.jsonl was made with other settings \(model: "):
+        cqbench.run(cqbench.parse_config(alone))
+    # two adapters called checkpoint-2, one after the other into one output_dir
+    first = _edited_adapter(tiny_adapter, tmp_path / "run1" / "checkpoint-2", dict)
+    second = _edited_adapter(tiny_adapter, tmp_path / "run2" / "checkpoint-2", lambda w: {k: -v for k, v in w.items()})
+    lora_args = [f"models=[{TINY}]", f"output_dir={tmp_path / 'lora'}", *args[1:]]
+    assert cqbench.main([*lora_args, f"adapter={first}"]) == 0
+    with pytest.raises(ConfigError, match=r"tiny-qwen2.5-vl\+checkpoint-2/i2t.jsonl was made with other settings "
+                                          r"\(adapter: "):
+        cqbench.run(cqbench.parse_config([*lora_args, f"adapter={second}"]))
+    # the same adapter folder, retrained in place
+    shutil.copy(second / "adapter_model.safetensors", first / "adapter_model.safetensors")
+    with pytest.raises(ConfigError, match=r"\(adapter: .*sha256"):
+        cqbench.run(cqbench.parse_config([*lora_args, f"adapter={first}"]))
+
+
 # ------------------------------------------------------------------------------------------- training callback
 def test_callback_logs_before_and_after_inside_a_tiny_grpo_run(tmp_path, minilm):
     from mmpc_rl.config import load_recipe
@@ -254,6 +329,7 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
               "trainer.max_completion_length=4", "data.limit_per_category=1", "eval.items_per_category=1",
               "eval.max_new_tokens=8", "trainer.learning_rate=1e-9", "trainer.save_strategy=steps",
               "trainer.save_steps=2"]
+    ckpt = tmp_path / "checkpoint-2"
     build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=2", *common]), models={"minilm": minilm}).train()
     # the checkpoint's adapter, made far from the base (two tiny GRPO steps may leave greedy outputs as they were)
     weights = tmp_path / "checkpoint-2" / "adapter_model.safetensors"
@@ -263,9 +339,9 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
     before = tmp_path / "cqbench" / "before" / "items.jsonl"
     before.write_text(before.read_text().splitlines()[0] + "\n")  # the first "before" pass got one item done
     shutil.rmtree(tmp_path / "cqbench" / "after")  # and nothing after it
-    resumed = build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=3", *common]),
-                            models={"minilm": minilm})
-    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    resumed = build_trainer(load_recipe(["recipe=demo-i2t", "trainer.max_steps=3", *common,
+                                         f"trainer.resume_from_checkpoint={ckpt}"]), models={"minilm": minilm})
+    resumed.train(resume_from_checkpoint=str(ckpt))
 
     cb = next(c for c in resumed.callback_handler.callbacks if isinstance(c, CQBenchCallback))
     model, processor = load_policy(load_recipe(["recipe=demo-i2t"]).model, cpu=True)
@@ -276,6 +352,43 @@ def test_a_resumed_before_pass_is_the_base_model(tmp_path, minilm):
     after = {r["key"]: r["completion"] for r in read_jsonl(tmp_path / "cqbench" / "after" / "items.jsonl")}
     assert len(fresh) == 3 and got == fresh
     assert after != fresh  # the adapter did change the model: the comparison above could have failed
+
+
+def test_the_before_pass_is_reused_only_under_its_fingerprint_and_trained_passes_never(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from mmpc_rl.config import EvalConfig, ModelConfig
+    from mmpc_rl.data import load_items
+    from mmpc_rl.io import atomic_write_jsonl
+    from mmpc_rl.models import load_policy
+    from mmpc_rl.tasks import get_task
+    from mmpc_rl.train.cqbench import CQBenchCallback
+
+    model, processor = load_policy(ModelConfig(name_or_path=TINY, dtype="float32"), cpu=True)
+    items = load_items("sample", split="cqbench", limit_per_category=1, categories=["Video_Games"])
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, log_history=[])
+
+    def begin(settings: dict, step: int = 0) -> list[str]:
+        cb = CQBenchCallback(EvalConfig(batch_size=4, max_new_tokens=4), get_task("i2t"), items, tmp_path,
+                             progress=False, settings=settings)
+        state.global_step = step
+        cb.on_train_begin(None, state, None, model=model, processing_class=processor)
+        return [r["completion"] for r in read_jsonl(tmp_path / "cqbench" / "before" / "items.jsonl")]
+
+    assert begin({"model": "A"}) and "STALE" not in begin({"model": "A"})
+    before = tmp_path / "cqbench" / "before" / "items.jsonl"
+    atomic_write_jsonl(before, [{**r, "completion": "STALE"} for r in read_jsonl(before)])
+    assert begin({"model": "A"}) == ["STALE"]  # the same fingerprint: reused
+    assert begin({"model": "B"}) != ["STALE"]  # another base model (or prompt, budget, scorer...): made anew
+    assert "was made with other settings (model: 'A' -> 'B'): generating it anew" in capsys.readouterr().err
+    for tag in ("after", "step-2", "step-4"):
+        (tmp_path / "cqbench" / tag).mkdir()
+    (tmp_path / "cqbench" / "before_after.md").write_text("the previous attempt's table")
+    begin({"model": "B"}, step=2)  # a resume from checkpoint-2: its weights after step 2 are trained again
+    assert sorted(p.name for p in (tmp_path / "cqbench").iterdir()) == ["before", "step-2"]
+    # a resume keeps the first attempt's "before" point: another fingerprint there is another base under the run
+    with pytest.raises(ConfigError, match=r"before/items.jsonl was made with other settings \(model: 'B' -> 'C'\)"):
+        begin({"model": "C"}, step=2)
 
 
 # ------------------------------------------------------------------------------------------------ text->image
@@ -424,7 +537,8 @@ def test_tables_4_5_need_two_models_and_leave_out_missing_cells():
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("two")
-    args = ["data=sample", "limit=2", "batch_size=4", "max_new_tokens=24", "dtype=float32", "progress=false"]
+    # four items a category: with two, the short-SFT model's titles share no word with any reference either
+    args = ["data=sample", "limit=4", "batch_size=4", "max_new_tokens=24", "dtype=float32", "progress=false"]
     assert cqbench.main([f"models=[{TINY},tiny://qwen2.5-vl-sft]", f"output_dir={out}", *args]) == 0
     return out
 

@@ -135,13 +135,46 @@ def test_metrics_jsonl_keeps_non_finite_values_as_strict_json(tmp_path):
     ml.on_train_begin(None, _state(0), None)
     ml.on_log(None, _state(1), None, logs={"loss": float("nan"), "grad_norm": float("inf"), "kl": float("-inf"),
                                            "reward": 0.25, "mode": "train"})
-    ml.on_log(None, _state(2), None, logs={"loss": 0.5})
+    ml.on_log(None, _state(2), None, logs={"loss": 0.5, "rewards/sometimes/mean": None})  # TRL: applied to none
     lines = [strict(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "rewards/sometimes/mean" in lines[1] and lines[1]["rewards/sometimes/mean"] is None
     first = {k: v for k, v in lines[0].items() if k not in ("epoch", "time")}
     assert first == {"step": 1, "loss": None, "grad_norm": None, "kl": None, "reward": 0.25, "mode": "train",
                      "nonfinite": {"loss": "nan", "grad_norm": "inf", "kl": "-inf"}}
     assert "nonfinite" not in lines[1] and lines[1]["loss"] == 0.5
     assert curves.plot_curves(tmp_path).is_file()  # nulls are gaps in a curve, not a crash
+
+
+def test_reward_curves_show_a_running_mean_over_faint_points_quarter_means_labels_and_a_legend_off_the_data(
+        tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rewards = [0.2, 1.0, 0.0, 0.9, 0.3, 1.1, 0.4, 1.2, 0.5, 1.3, 0.6, 1.4]
+    recs = [{"step": i + 1, "reward": r, "rewards/json_format/mean": r / 2, "loss": 0.0}
+            for i, r in enumerate(rewards)]
+    assert curves.quarter_means(rewards) == pytest.approx((0.4, 1.1))
+    assert curves.running_mean([0, 3, 6, 9], 3) == [1.5, 3, 6, 7.5]
+    fig, ax = plt.subplots()
+    curves.reward_panel(ax, recs)
+    curves._finish(ax, "reward", "reward")
+    raw = [ln for ln in ax.get_lines() if ln.get_alpha() == 0.25]
+    smooth = [ln for ln in ax.get_lines() if ln.get_label().startswith("total reward (running mean of 3)")]
+    assert len(raw) == 2 and list(raw[0].get_ydata()) == rewards  # every logged point, faint
+    assert list(smooth[0].get_ydata()) == pytest.approx(curves.running_mean(rewards, 3))
+    assert {t.get_text() for t in ax.texts} == {"0.40", "1.10"}  # the first- and last-quarter means
+    assert any("0.40 → 1.10" in t.get_text() for t in ax.get_legend().get_texts())
+    assert ax.get_ylabel() == "reward"
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # beside the panel, never over the first steps
+    plt.close(fig)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "config.yaml").write_text("recipe: demo-i2t\ntrainer:\n  seed: 42\n")
+    assert curves.main([f"out={tmp_path}", "reward_only=true", f"png={tmp_path / 'r.png'}"]) == 0
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_curves_cli_one_line_errors(tmp_path):

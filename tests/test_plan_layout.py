@@ -54,4 +54,4 @@ def test_cpu_keeps_one_group_per_micro_batch_without_checkpointing():
     resolved = builder.resolve_layout(load_training_recipe(["recipe=i2t", "trainer.use_cpu=true"]))
     assert layout(resolved) == (16, 1, False)
     demo = builder.resolve_layout(load_training_recipe(["recipe=demo-i2t"]))
-    assert layout(demo) == (8, 1, False)  # its pinned micro-batch stays
+    assert layout(demo) == (16, 1, False)  # its pinned micro-batch (two prompts of 8) stays

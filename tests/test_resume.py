@@ -217,48 +217,139 @@ def test_a_finished_run_resumed_again_is_a_no_op_that_says_so(runs, tmp_path):
     assert not (out / "checkpoint-5").exists()
 
 
-def _finished(root: Path, step: int = 4, final: bool = True) -> Path:
-    _checkpoint(root, step, state=json.dumps({"global_step": step, "max_steps": step, "num_train_epochs": 1}))
+def test_a_finished_run_whose_final_adapter_broke_is_finished_again_from_its_checkpoint(runs):
+    """Killed while saving its result (or a copy cut short): the resume does not call it finished; it loads the last
+    checkpoint (at max_steps), trains nothing and saves the final result again."""
+    from safetensors.torch import load_file
+
+    out = runs["killed"]
+    final = out / "adapter_model.safetensors"
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
+    (out / "reward_curves.png").unlink()
+    again = subprocess.run([sys.executable, str(out.parent / "train_traced.py"), *ARGS, f"trainer.output_dir={out}",
+                            "trainer.resume_from_checkpoint=auto"],
+                           env={**os.environ, **ENV, "TRACE": str(out / "trace_again.jsonl")},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "final result is incomplete (adapter_model.safetensors: " in again.stderr
+    assert "finishing it again from checkpoint-4" in again.stderr
+    ckpt = load_file(out / "checkpoint-4" / "adapter_model.safetensors")
+    assert {k: v.tolist() for k, v in load_file(final).items()} == {k: v.tolist() for k, v in ckpt.items()}
+    assert not (out / "trace_again.jsonl").exists() and not (out / "checkpoint-5").exists()  # nothing trained
+    assert (out / "reward_curves.png").is_file() and json.loads((out / "trainer_state.json").read_text())[
+        "global_step"] == 4
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_whose_adapter_does_not_fit_the_policy_is_not_resumed(tmp_path, tiny_qwen):
+    """The HF Trainer resumes with PEFT's load_adapter and drops its report: the run would go on with half a fresh
+    adapter, silently."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from mmpc_rl.errors import ModelLoadError
+    from mmpc_rl.train.builder import check_resumed_adapter
+
+    def policy(targets: str):
+        base = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen), dtype=torch.float32)
+        return get_peft_model(base, LoraConfig(r=4, target_modules=targets))
+
+    ckpt = tmp_path / "checkpoint-2"
+    policy(r".*language_model.*\.(q_proj)").save_pretrained(ckpt)  # a run trained with other target_modules
+    model = policy(r".*language_model.*\.(q_proj|v_proj)")
+    assert model.load_adapter(str(ckpt), "default", is_trainable=True).missing_keys  # what the Trainer ignores
+    with pytest.raises(ModelLoadError, match=r"checkpoint-2 does not fit the model: 4 adapter weights of the model "
+                                             r"are not in it \(.*v_proj"):
+        check_resumed_adapter(SimpleNamespace(model=model, is_deepspeed_enabled=False), str(ckpt))
+    check_resumed_adapter(SimpleNamespace(model=policy(r".*language_model.*\.(q_proj)"), is_deepspeed_enabled=False),
+                          str(ckpt))  # the run's own adapter fits
+
+
+def _finished(root: Path, step: int = 4, final: bool = True, *argv: str) -> Path:
+    """A run of the demo recipe (+ argv) that trained `step` steps: its config, its last checkpoint and (`final`) a
+    whole final result."""
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.train.builder import resolve_layout
+    from mmpc_rl.train.run_config import save_config
+
+    state = json.dumps({"global_step": step, "max_steps": step, "num_train_epochs": 1})
+    _checkpoint(root, step, state=state)
+    save_config(resolve_layout(load_recipe(["recipe=demo-i2t", f"trainer.output_dir={root}", *argv])), root)
     if final:
-        (root / "adapter_model.safetensors").write_bytes(b"final")
-        (root / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": step,
-                                                             "num_train_epochs": 1}))
+        save_file({"w": torch.ones(4)}, str(root / "adapter_model.safetensors"))
+        for name in ("adapter_config.json", "tokenizer_config.json", "processor_config.json"):
+            (root / name).write_text("{}")
+        (root / "trainer_state.json").write_text(state)
     return root
+
+
+# data.path points nowhere: a run that goes on to train stops there (exit 2) instead
+NO_DATA = "data.path=/no/such/catalog"
 
 
 @pytest.mark.parametrize("extra, final, finished", [
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=4"], True, True),
-    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=4"], False, True),  # last checkpoint says so
+    (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=4"], False, False),  # finished again: no result
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=1"], True, True),
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=6"], True, False),  # more steps asked: train on
     (["trainer.resume_from_checkpoint=auto", "trainer.max_steps=-1", "trainer.num_train_epochs=2"], True, False),
-    (["trainer.max_steps=4"], True, False),  # no resume asked: a new run over the old one
 ])
 def test_finished_run_check(capsys, tmp_path, extra, final, finished):
     from mmpc_rl.errors import run_cli
     from mmpc_rl.train.grpo import main
 
-    out = _finished(tmp_path / "run", final=final)
-    # data.path points nowhere: a run that goes on to train stops there (exit 2) instead
-    rc = run_cli(lambda: main(["recipe=demo-i2t", f"trainer.output_dir={out}", "data.path=/no/such/catalog",
-                               *extra]))
+    out = _finished(tmp_path / "run", 4, final, NO_DATA)
+    adapter = (out / "adapter_model.safetensors").read_bytes() if final else None
+    rc = run_cli(lambda: main(["recipe=demo-i2t", f"trainer.output_dir={out}", NO_DATA, *extra]))
     captured = capsys.readouterr()
     if finished:
         assert rc == 0 and "already finished at step 4" in captured.out
-        if final:
-            assert (out / "adapter_model.safetensors").read_bytes() == b"final"
+        assert (out / "adapter_model.safetensors").read_bytes() == adapter
     else:
         assert rc == 2 and "data path '/no/such/catalog' does not exist" in captured.err
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda out: (out / "trainer_state.json").unlink(), "trainer_state.json: missing"),  # killed while saving
+    (lambda out: (out / "adapter_model.safetensors").write_bytes(
+        (out / "adapter_model.safetensors").read_bytes()[:-5]), "adapter_model.safetensors: "),  # truncated
+    (lambda out: (out / "tokenizer_config.json").unlink(), "tokenizer_config.json (the processor): missing"),
+    (lambda out: (out / "processor_config.json").write_text('{"image_proc'), "processor_config.json: does not parse"),
+])
+def test_a_broken_final_result_is_finished_again_from_the_last_checkpoint(capsys, tmp_path, damage, why):
+    from mmpc_rl.train.resume import final_problem, finished_run, refinish_point
+
+    out = _finished(tmp_path / "run")
+    opts = {"output_dir": str(out), "resume_from_checkpoint": "auto", "max_steps": 4}
+    assert final_problem(out) is None and "already finished" in finished_run(opts) and refinish_point(opts) is None
+    damage(out)
+    assert why in final_problem(out)
+    assert finished_run(opts) is None  # not finished: it is ended again from checkpoint-4
+    assert refinish_point(opts) == str(out / "checkpoint-4")
+    assert f"its final result is incomplete ({why}" in capsys.readouterr().err
+    assert refinish_point({**opts, "resume_from_checkpoint": str(out / "checkpoint-4")}) == str(out / "checkpoint-4")
+    assert refinish_point({**opts, "max_steps": 6}) is None  # more to train: an ordinary resume
+
+
+def test_a_fresh_run_over_a_finished_one_is_refused(capsys, tmp_path):
+    from mmpc_rl.errors import run_cli
+    from mmpc_rl.train.grpo import main
+
+    out = _finished(tmp_path / "run", 4, True, NO_DATA)
+    assert run_cli(lambda: main(["recipe=demo-i2t", f"trainer.output_dir={out}", NO_DATA])) == 2
+    assert f"trainer.output_dir {out} holds another run" in capsys.readouterr().err
 
 
 def test_an_explicit_finished_checkpoint_is_a_no_op_too(tmp_path):
     from mmpc_rl.train.resume import finished_run
 
-    out = _finished(tmp_path / "run", final=False)
+    out = _finished(tmp_path / "run")
     opts = {"output_dir": str(out), "resume_from_checkpoint": str(out / "checkpoint-4"), "max_steps": 4}
     assert "already finished at step 4 (max_steps=4)" in finished_run(opts)
     assert finished_run({**opts, "max_steps": 5}) is None
-    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "max_')  # unreadable: not ours
+    (out / "trainer_state.json").write_text('{"global_step": 4, "max_')  # unreadable: not a finished result
     assert finished_run(opts) is None
 
 

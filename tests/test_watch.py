@@ -153,17 +153,25 @@ def test_early_stop_on_a_gold_metric_counts_evaluations_and_ignores_training_log
 
 
 def test_a_stopped_run_resumed_with_the_same_settings_is_a_no_op(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     from mmpc_rl.config import load_recipe
     from mmpc_rl.train.stopping import stopped_early
 
     argv = ["recipe=demo-i2t", f"trainer.output_dir={tmp_path}", "early_stop.metric=reward"]
     (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 12}))
+    save_file({"w": torch.ones(2)}, str(tmp_path / "adapter_model.safetensors"))  # a whole final result
+    for name in ("adapter_config.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text("{}")
     settings = {"metric": "reward", "patience": 10, "min_delta": 0.0, "window": 10}
     (tmp_path / "early_stop.json").write_text(json.dumps({"step": 12, "line": "why", "settings": settings}))
     resume = [*argv, "trainer.resume_from_checkpoint=auto"]
     assert stopped_early(load_recipe(argv)) is None  # not a resume
     assert "stopped early at step 12 (why)" in stopped_early(load_recipe(resume))
     assert stopped_early(load_recipe([*resume, "early_stop.patience=20"])) is None  # other settings: train on
+    (tmp_path / "tokenizer_config.json").unlink()  # the final save was cut short: not a finished run
+    assert stopped_early(load_recipe(resume)) is None
 
 
 # ------------------------------------------------------------------------------------------------ best adapter

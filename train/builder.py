@@ -8,12 +8,13 @@ import torch
 from datasets import Dataset, Image
 from trl import GRPOTrainer
 
-from mmpc_rl.config import Recipe
+from mmpc_rl.config import Recipe, thaw
 from mmpc_rl.data import load_items
 from mmpc_rl.data.skips import drop_undecodable_images
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.eval.scorers import build_scorers
-from mmpc_rl.models import load_policy
+from mmpc_rl.eval.settings import scoring_settings, settings_record
+from mmpc_rl.models import load_adapter_weights, load_policy
 from mmpc_rl.plan import device_gb, plan_recipe
 from mmpc_rl.plan.recipe import layout_overrides, trainer_value
 from mmpc_rl.rewards import RewardContext, RewardSet, build_rewards, reward_memory
@@ -31,8 +32,9 @@ from mmpc_rl.train.callbacks import (
 from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding, one_input_grads_hook
-from mmpc_rl.train.instrument import CompletionRecorder, instrument_rewards
+from mmpc_rl.train.instrument import CompletionRecorder, RewardCheck, instrument_rewards
 from mmpc_rl.train.run_config import save_config
+from mmpc_rl.train.run_folder import claim_run_folder, continue_layout
 from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
 from mmpc_rl.train.watch import format_check, watch_callbacks
 
@@ -149,9 +151,12 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     """The GRPOTrainer for a recipe. `models` injects already-loaded reward models (e.g. {"minilm": st}); `policy`
     a (model, processor) pair and `rewards` a built RewardSet (the speed harness's random-weight model and stub
     reward), so that a benchmark arm is built exactly like a training run."""
-    recipe = resolve_layout(recipe)
+    recipe = resolve_layout(continue_layout(recipe))
+    if recipe.model.cpu_threads and not on_gpu(recipe):
+        torch.set_num_threads(recipe.model.cpu_threads)  # for the whole run: every number of it depends on it
     task = get_task(recipe.task, recipe.data.prompt)
     args = build_grpo_config(recipe)
+    lock = claim_run_folder(recipe, args)  # one run per folder: locked, another run's files refused or cleared
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
         save_config(recipe, args.output_dir)
@@ -171,9 +176,11 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
            CompletionsTable(args.output_dir, recorder, every=recipe.wandb.log_completions_every),
            *(callbacks or []), *([cqbench] if cqbench else []), *watch, run_end]
     init_wandb(recipe, args)  # project/name/tags/entity + resolved recipe; no-op without report_to=wandb
-    reward_funcs = instrument_rewards(rewards, recorder, batch_check=format_check(task))
+    check = RewardCheck()  # a NaN, inf or all-None reward stops the run (train.instrument)
+    reward_funcs = instrument_rewards(rewards, recorder, batch_check=format_check(task), check=check)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                           processing_class=processor, peft_config=build_lora_config(recipe), callbacks=cbs)
+    check.attach(trainer)
     if recipe.model.qlora:
         keep_trainable_fp32(trainer.model)  # before train() builds the optimizer over these tensors
     one_input_grads_hook(trainer.model)  # checkpointing re-enabled around each generate must not add hooks
@@ -181,9 +188,10 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
         enable_compiled_decoding(trainer, mode=recipe.model.compiled_decoding, backend=recipe.model.compile_backend)
     no_pickled_args(trainer)
     own_model_card(trainer)  # output_dir/README.md is ours at every save and hub push, not TRL's generic card
-    for cb in [cqbench, *watch, run_end]:
+    for cb in [cqbench, *watch]:
         if hasattr(cb, "bind"):
             cb.bind(trainer)
+    run_end.bind(trainer, lock)
     return trainer
 
 
@@ -200,4 +208,42 @@ def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchC
                        limit_per_category=ev.items_per_category, seed=data.seed, cache_dir=data.cache_dir)
     scorers = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers,
                             lpips=ev.lpips, clip=ev.clip, renderer=renderer)
-    return CQBenchCallback(ev, task, items, recipe.trainer["output_dir"], scorers=scorers, seed=data.seed)
+    # the "before" pass's fingerprint, so that a resumed run reuses it only when it is of this base and these settings
+    render = None if task.uses_image_input else {n: thaw(o) for n, o in recipe.rewards.items()
+                                                 if callable(getattr(rewards.get(n).fn, "render_fn", None))}
+    scoring = scoring_settings(task, bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers, lpips=ev.lpips,
+                               clip=ev.clip, renderer=render)
+    settings = settings_record(model=recipe.model.name_or_path, revision=recipe.model.revision, adapter=None,
+                               task=task, mc=recipe.model, cpu=not on_gpu(recipe), data=data.path,
+                               max_new_tokens=ev.max_new_tokens, do_sample=False, seed=data.seed, scoring=scoring)
+    return CQBenchCallback(ev, task, items, recipe.trainer["output_dir"], scorers=scorers, seed=data.seed,
+                           settings=settings)
+
+
+def check_resumed_adapter(trainer, checkpoint: str | None) -> None:
+    """The checkpoint's adapter must fit the policy before training resumes from it: the HF Trainer loads it with
+    PEFT, which only warns about tensors that do not fit, and the run would go on from a half-fresh adapter. Loading
+    it here (the Trainer loads the same weights again) turns a misfit into one line. Under DeepSpeed the engine
+    loads its own checkpoint of the sharded weights instead."""
+    if checkpoint and hasattr(trainer.model, "peft_config") and not trainer.is_deepspeed_enabled:
+        if (Path(checkpoint) / "adapter_config.json").is_file():
+            load_adapter_weights(trainer.model, checkpoint, adapter_name=trainer.model.active_adapter)
+
+
+def finish_again(trainer, checkpoint: str) -> None:
+    """End a run whose training is done but whose final result is missing or broken: the checkpoint's weights and
+    state are loaded and the run's start and end callbacks run (CQBench "before" is reused, "after" made, the final
+    adapter, processor, curves and state saved: RunEnd), without a training step."""
+    from transformers import TrainerState
+
+    if trainer.is_deepspeed_enabled:
+        raise ConfigError(f"the run's final result is incomplete and {checkpoint} is at max_steps: finish it again "
+                          "in one process (without DeepSpeed), or copy that checkpoint's adapter into the run folder")
+    check_resumed_adapter(trainer, checkpoint)
+    trainer._load_from_checkpoint(checkpoint)  # the HF Trainer's own loader, as train() would call it
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    state.is_world_process_zero, state.is_local_process_zero = (trainer.is_world_process_zero(),
+                                                                trainer.is_local_process_zero())
+    trainer.state = state
+    trainer.callback_handler.on_train_begin(trainer.args, state, trainer.control)
+    trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)

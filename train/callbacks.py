@@ -51,7 +51,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     logged) again, and would otherwise appear twice. A torn last line from the kill goes too."""
     if not path.exists():
         return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    # a run that starts again from step 0 (no checkpoint yet) logs everything again, CQBench's "before" included
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step] if last_step > 0 else []
     atomic_write_jsonl(path, keep)
 
 
@@ -65,7 +66,7 @@ class MetricsLogger(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = time.time()
-        if state.is_world_process_zero and state.global_step > 0:
+        if state.is_world_process_zero:  # a resume trains the steps past its checkpoint again (from 0: all of them)
             _truncate_jsonl(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -84,7 +85,7 @@ def finite_record(logs: dict) -> dict:
     dropped: its key holds null and `nonfinite` maps the key to "nan", "inf" or "-inf"."""
     record, bad = {}, {}
     for k, v in logs.items():
-        if isinstance(v, bool) or isinstance(v, str):
+        if v is None or isinstance(v, bool) or isinstance(v, str):  # None: TRL's mean of a batch with no value
             record[k] = v
         elif isinstance(v, (int, float)):
             if math.isfinite(v):
@@ -124,7 +125,7 @@ class CompletionsTable(TrainerCallback):
         self._done: set[int] = set()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step > 0 and self.dir.is_dir():
+        if state.is_world_process_zero and self.dir.is_dir():
             for f in self.dir.glob("step_*"):  # tables from steps the resumed run will train again
                 if f.name[5:10].isdigit() and int(f.name[5:10]) > state.global_step:
                     f.unlink()
@@ -267,15 +268,17 @@ def no_pickled_args(trainer):
 class RunEnd(TrainerCallback):
     """The end of a run, after every other callback's `on_train_end` (put it last; CQBench's "after" pass logs
     there): the final adapter and processor saved (every rank: ZeRO-3 gathers), then on the main process the pickled
-    training_args.bin replaced by JSON, reward_curves.png drawn and the model card (README.md) written, then with
-    `trainer.push_to_hub=true` the folder pushed through the Trainer's own `push_to_hub` (card included), and the W&B
-    run closed."""
+    training_args.bin replaced by JSON, reward_curves.png drawn, the model card (README.md) written and
+    trainer_state.json written last (a resume reads the run as finished only with it: train.resume.final_problem),
+    then with `trainer.push_to_hub=true` the folder pushed through the Trainer's own `push_to_hub` (card included),
+    the W&B run closed and the folder's lock released."""
 
     def __init__(self, trainer=None):
         self.trainer = trainer
+        self.lock = None
 
-    def bind(self, trainer) -> RunEnd:
-        self.trainer = trainer
+    def bind(self, trainer, lock=None) -> RunEnd:
+        self.trainer, self.lock = trainer, lock
         return self
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -286,10 +289,11 @@ class RunEnd(TrainerCallback):
         out, png = Path(args.output_dir), None
         if state.is_world_process_zero:
             replace_pickled_args(out, args)
-            # the state beside the final adapter: a later resume of this output_dir sees the run finished (resume.py)
-            atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
             png = plot_curves(out)
             self.trainer.create_model_card()  # train.card: ours, from what the run left on disk
+            # the state beside the final adapter, last: a later resume of this output_dir sees the run finished only
+            # with it (train.resume.final_problem)
+            atomic_write_text(out / "trainer_state.json", json.dumps(dataclasses.asdict(state), indent=2) + "\n")
         if args.push_to_hub:
             self.trainer.push_to_hub(commit_message="End of training")  # every rank: it saves (ZeRO-3 gathers)
         if not state.is_world_process_zero:
@@ -299,6 +303,9 @@ class RunEnd(TrainerCallback):
             if png is not None:
                 wandb.log({"reward_curves": wandb.Image(str(png))})
             wandb.finish()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 # --------------------------------------------------------------------------------------------------------- W&B run

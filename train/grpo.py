@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from mmpc_rl.errors import run_cli
+from mmpc_rl.lock import release_folder
 from mmpc_rl.train.cuda_check import refuse_cpu_training
 from mmpc_rl.train.recipe import load_training_recipe
-from mmpc_rl.train.resume import finished_run, resume_point
+from mmpc_rl.train.resume import finished_run, refinish_point, resume_point
 from mmpc_rl.train.stopping import RECORD, stopped_early
 
 DEMO_RECIPE = "demo-i2t"
@@ -36,12 +37,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmpc-rl: {done}")
         return 0
 
-    from mmpc_rl.train.builder import build_trainer  # TRL and the model stack: ~8 s of imports, after the checks
+    # TRL and the model stack: ~8 s of imports, after the checks
+    from mmpc_rl.train.builder import build_trainer, check_resumed_adapter, finish_again
 
-    trainer = build_trainer(recipe)
-    t0 = time.time()
-    # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
-    trainer.train(resume_from_checkpoint=resume_point(trainer.args))
+    refinish = refinish_point(recipe.trainer)  # trained out, but the final result is broken: end it again
+    try:
+        trainer = build_trainer(recipe)  # locks the output folder (train.run_folder)
+        t0 = time.time()
+        if refinish:
+            finish_again(trainer, refinish)
+        else:
+            checkpoint = resume_point(trainer.args)
+            check_resumed_adapter(trainer, checkpoint)
+            # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
+            trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        release_folder(recipe.trainer["output_dir"])
     if trainer.is_world_process_zero():
         print(run_summary(trainer.args.output_dir, trainer.state.global_step, time.time() - t0))
     return 0

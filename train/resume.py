@@ -24,10 +24,6 @@ WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.
 MAX_HEADER = 100 * 2**20
 
 
-def _nonempty(p: Path) -> bool:
-    return p.is_file() and p.stat().st_size > 0
-
-
 def _safetensors_problem(p: Path) -> str | None:
     """None when the header parses and the file holds exactly the bytes it declares (a truncation shows here)."""
     try:
@@ -134,35 +130,83 @@ def resume_point(args) -> str | bool | None:
     return value
 
 
-def finished_run(trainer: Mapping[str, Any]) -> str | None:
-    """Why resuming has nothing to train, or None. A run that reached its max_steps, resumed, would train one more
-    step past it and overwrite its final adapter; the entry point stops instead. The state read is the one the run
-    left with its final adapter (RunEnd writes output_dir/trainer_state.json), else the checkpoint it would resume."""
-    value = trainer.get("resume_from_checkpoint")
-    if value in (None, "", False):
-        return None
-    out = Path(str(trainer.get("output_dir")))
-    if value is True or str(value).lower() == "auto":
-        final = out / "trainer_state.json"
-        if final.is_file() and any(_nonempty(out / w) for w in WEIGHTS):
-            source = final
-        else:
-            ckpt = last_complete_checkpoint(out)
-            source = Path(ckpt) / "trainer_state.json" if ckpt else None
-    else:
-        source = Path(str(value)) / "trainer_state.json"
+def final_problem(output_dir: str | Path) -> str | None:
+    """None when output_dir holds a whole final result, else the first reason it does not: trainer_state.json (RunEnd
+    writes it last, after the adapter, the processor and the curves) that parses, weights that verify (header and
+    size), the adapter's config and the processor's files (tokenizer_config.json; every JSON beside them parses)."""
+    out = Path(output_dir)
     try:
-        state = json.loads(source.read_text()) if source is not None else None
+        state = json.loads((out / "trainer_state.json").read_text())
+    except OSError:
+        return "trainer_state.json: missing"
+    except ValueError:
+        return "trainer_state.json: does not parse"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json: names no step"
+    if problem := _weights_problem(out):
+        return problem
+    if (out / "adapter_model.safetensors").is_file() and not (out / "adapter_config.json").is_file():
+        return "adapter_config.json: missing"
+    if not (out / "tokenizer_config.json").is_file():
+        return "tokenizer_config.json (the processor): missing"
+    for path in sorted(out.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            return f"{path.name}: does not parse"
+    return None
+
+
+def _state(path: Path | None) -> dict | None:
+    try:
+        state = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def _trained_out(trainer: Mapping[str, Any], state: dict) -> int | None:
+    """The step at which `state` has trained all the recipe asks for, or None when there is more to train."""
     step, wanted = state["global_step"], trainer.get("max_steps", -1)
     if wanted is None or wanted <= 0:  # epoch-based: finished if the epochs asked for are the ones it ran
         if float(trainer.get("num_train_epochs", 3.0)) > float(state.get("num_train_epochs") or 0):
             return None
         wanted = state.get("max_steps") or 0
-    if wanted <= 0 or step < wanted:
+    return wanted if 0 < wanted <= step else None
+
+
+def finished_run(trainer: Mapping[str, Any]) -> str | None:
+    """Why resuming has nothing to do, or None. A run that reached its max_steps and left a whole final result
+    (final_problem), resumed, would train one more step past it (the HF Trainer always takes a step after loading
+    a checkpoint) and overwrite its final adapter; the entry point stops instead."""
+    if not _resuming(trainer):
         return None
-    return (f"the run in {out} already finished at step {step} (max_steps={wanted}), see {source}; nothing to "
-            "train and its adapter is left as it is (raise trainer.max_steps to train on, or use a new output_dir)")
+    out = Path(str(trainer.get("output_dir")))
+    state = _state(out / "trainer_state.json")
+    if state is None or final_problem(out) is not None or (wanted := _trained_out(trainer, state)) is None:
+        return None
+    return (f"the run in {out} already finished at step {state['global_step']} (max_steps={wanted}), see "
+            f"{out / 'trainer_state.json'}; nothing to train and its adapter is left as it is (raise "
+            "trainer.max_steps to train on, or use a new output_dir)")
+
+
+def refinish_point(trainer: Mapping[str, Any]) -> str | None:
+    """The checkpoint to finish a run again from, when its training is done (the checkpoint a resume would load is
+    at max_steps) but its final result is missing or broken (killed while saving it, a truncated adapter); None
+    otherwise. The entry point then loads that checkpoint and ends the run (train.builder.finish_again) instead of
+    training: a resume from it would train a step past max_steps."""
+    if not _resuming(trainer) or finished_run(trainer) is not None:
+        return None
+    out = Path(str(trainer.get("output_dir")))
+    value = trainer.get("resume_from_checkpoint")
+    ckpt = last_complete_checkpoint(out) if value is True or str(value).lower() == "auto" else str(value)
+    state = _state(Path(ckpt) / "trainer_state.json") if ckpt else None
+    if state is None or _trained_out(trainer, state) is None:
+        return None
+    print(f"mmpc-rl: the run in {out} trained to step {state['global_step']} but its final result is incomplete "
+          f"({final_problem(out)}): finishing it again from {Path(ckpt).name}", file=sys.stderr)
+    return ckpt
+
+
+def _resuming(trainer: Mapping[str, Any]) -> bool:
+    return trainer.get("resume_from_checkpoint") not in (None, "", False)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmpc_rl.config import EarlyStopConfig, Recipe
+from mmpc_rl.train.resume import final_problem
 
 
 @dataclasses.dataclass
@@ -97,6 +98,8 @@ def stopped_early(recipe: Recipe) -> str | None:
     except (OSError, ValueError):
         return None
     if not isinstance(rec, dict) or not isinstance(final, dict) or rec.get("step") != final.get("global_step"):
+        return None
+    if final_problem(out) is not None:  # its final result is broken: trained on (and stopped) again
         return None
     if rec.get("settings") != dataclasses.asdict(recipe.early_stop):
         return None

@@ -27,6 +27,7 @@ def build_grpo_config(recipe: Recipe) -> GRPOConfig:
         # TRL's default (8) would be checked against the group size with a message about generation batches
         raise ConfigError("the recipe leaves its memory layout open (trainer.per_device_train_batch_size unset): "
                           "resolve it first with mmpc_rl.train.builder.resolve_layout(recipe), as build_trainer does")
+    opts.pop("overwrite_output_dir", None)  # ours, not GRPOConfig's (mmpc_rl.checks.TRAINER_EXTRA)
     opts["reward_weights"] = recipe.reward_weights
     if recipe.model.device == "cpu":
         opts.update(use_cpu=True, bf16=False, fp16=False)

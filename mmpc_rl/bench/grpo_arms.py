@@ -188,7 +188,8 @@ def project_recipe(recipe: Recipe, opts: BenchOptions, *, group: int, output_dir
            "max_completion_length": opts.new_tokens,
            "generation_kwargs": {**(recipe.trainer.get("generation_kwargs") or {}), "min_new_tokens": opts.new_tokens},
            "save_strategy": "no", "report_to": "none", "logging_steps": 1, "log_completions": False,
-           "resume_from_checkpoint": None, "seed": opts.seed}
+           "resume_from_checkpoint": None, "seed": opts.seed,
+           "overwrite_output_dir": True}  # a measurement's scratch folder: an unfinished arm measured again
     if group != recipe.trainer.get("num_generations"):  # a micro-batch sized for another G: the planner re-picks it
         run.update(per_device_train_batch_size=None, gradient_accumulation_steps=None)
     return recipe.replace(trainer=run, eval=dataclasses.replace(recipe.eval, enabled=False))

@@ -18,6 +18,7 @@ import os
 import torch
 
 from mmpc_rl.models import text, vision
+from mmpc_rl.models.adapter import attach_adapter, load_adapter_weights
 from mmpc_rl.models.cache import cache_key, cached, cached_keys, clear_cache
 from mmpc_rl.models.hub import MINILM_IDS, hub_reachable, resolve_model_path, resolve_sentence_model, source_key
 from mmpc_rl.models.placement import placement, policy_dtype, resolve_device, resolve_dtype, torch_dtype
@@ -33,11 +34,11 @@ DEFAULT_IMAGE_ARCH = "vit_base_patch16_224"
 
 __all__ = [
     "DEFAULT_CLIP", "DEFAULT_IMAGE_ARCH", "DEFAULT_SD", "DEFAULT_SENTENCE_MODEL", "KNOWN_BERTSCORE_LAYERS",
-    "MINILM_IDS", "bnb_config", "build_lpips_net", "build_qwen25_vl_7b", "cache_key", "cached", "cached_keys",
-    "clear_cache", "hub_reachable", "load_bertscore", "load_clip_model", "load_image_encoder", "load_lpips_net",
-    "load_open_clip", "load_policy", "load_processor", "load_sd3_pipeline", "load_sentence_model",
-    "model_init_kwargs", "placement", "policy_dtype", "qwen25_vl_7b_config", "resolve_device", "resolve_dtype",
-    "resolve_model_path", "resolve_sentence_model", "source_key", "torch_dtype",
+    "MINILM_IDS", "attach_adapter", "bnb_config", "build_lpips_net", "build_qwen25_vl_7b", "cache_key", "cached",
+    "cached_keys", "clear_cache", "hub_reachable", "load_adapter_weights", "load_bertscore", "load_clip_model",
+    "load_image_encoder", "load_lpips_net", "load_open_clip", "load_policy", "load_processor", "load_sd3_pipeline",
+    "load_sentence_model", "model_init_kwargs", "placement", "policy_dtype", "qwen25_vl_7b_config", "resolve_device",
+    "resolve_dtype", "resolve_model_path", "resolve_sentence_model", "source_key", "torch_dtype",
 ]
 
 
