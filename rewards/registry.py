@@ -96,9 +96,11 @@ def _outside(path: str) -> RewardSpec:
     """The reward at `package.module:attribute`: a registered factory, a factory by signature, or a plain
     TRL reward function (no options)."""
     module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"reward {path!r}: name a reward from outside the package as package.module:function")
     try:
         obj = getattr(importlib.import_module(module), attr)
-    except ImportError as e:
+    except (ImportError, ValueError, TypeError) as e:  # ValueError/TypeError: a malformed module name
         raise ConfigError(f"reward {path!r}: cannot import module {module!r} ({e})") from None
     except AttributeError:
         raise ConfigError(f"reward {path!r}: module {module!r} has no attribute {attr!r}") from None
@@ -107,7 +109,11 @@ def _outside(path: str) -> RewardSpec:
     registered = next((s for s in REGISTRY.values() if s.factory is obj), None)
     if registered is not None:
         return registered
-    if "task" in inspect.signature(obj).parameters:
+    try:
+        takes_task = "task" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature: a plain reward function
+        takes_task = False
+    if takes_task:
         return RewardSpec(path, obj, ())
 
     def plain(task, context=None):

@@ -92,14 +92,16 @@ def plot_gold(ax, gold: dict[str, list[tuple[int, float]]]) -> None:
 
 @dataclass
 class CurvesOptions:
+    """Redraw OUTPUT_DIR/reward_curves.png from OUTPUT_DIR/metrics.jsonl (also while the run trains)."""
+
     out: str | None = None  # a run's trainer.output_dir
 
 
 def main(argv: list[str]) -> int:
     """`mmpc-rl curves out=DIR`: (re)draw DIR/reward_curves.png from DIR/metrics.jsonl."""
-    usage = "usage: out=OUTPUT_DIR (a run's trainer.output_dir); valid keys: out"
+    usage = "usage: mmpc-rl curves out=OUTPUT_DIR (a run's trainer.output_dir); valid keys: out"
     try:
-        opts = parse_options(CurvesOptions, argv, "mmpc-rl curves")
+        opts = parse_options(CurvesOptions, argv, "mmpc-rl curves", usage=usage)
     except ConfigError as e:
         raise ConfigError(f"{e}; {usage}") from None
     if not opts.out:

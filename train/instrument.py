@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from mmpc_rl.errors import ConfigError
 from mmpc_rl.tasks import completion_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -65,6 +66,20 @@ class CompletionRecorder:
         self.batch["rewards"][name] = [None if s is None else float(s) for s in scores]
 
 
+def check_scores(name: str, scores, n: int) -> None:
+    """A reward returns one number (or None: no opinion) per completion; anything else stops the run at once with
+    one line naming the reward, not a TypeError from deep inside TRL's reward tensor."""
+    if not isinstance(scores, (list, tuple)) or len(scores) != n:
+        got = f"{type(scores).__name__} of {len(scores)}" if isinstance(scores, (list, tuple)) else repr(scores)[:80]
+        raise ConfigError(f"reward {name!r} returned {got} for {n} completions: a reward returns a list of one "
+                          "float (or None) per completion")
+    bad = next((s for s in scores if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))
+                                                        and not hasattr(s, "__float__"))), None)
+    if bad is not None:
+        raise ConfigError(f"reward {name!r} returned {bad!r} ({type(bad).__name__}) among its scores: a reward "
+                          "returns floats (or None)")
+
+
 def _media_of(reward) -> dict[str, list]:
     media = getattr(reward, "media", None)
     return media() if callable(media) else {}
@@ -82,6 +97,7 @@ def _wrap(reward, recorder, batch_check=None):
     is_async = inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__)
 
     def after(t0, kwargs, prompts, completions, scores):
+        check_scores(name, scores, len(completions))
         if kwargs.get("log_metric") is not None:
             kwargs["log_metric"](f"timing/reward/{name}", time.perf_counter() - t0)
             for key, value in (batch_check(completions) if batch_check is not None else {}).items():

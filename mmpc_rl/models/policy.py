@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mmpc_rl.errors import ModelLoadError
-from mmpc_rl.models.hub import resolve_model_path
+from mmpc_rl.models.hub import config_errors, resolve_model_path, unreadable_config
 from mmpc_rl.models.placement import policy_dtype, torch_dtype
 
 
@@ -40,8 +40,8 @@ def load_processor(model_cfg, path: str | None = None):
         kwargs["max_pixels"] = model_cfg.max_pixels
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelLoadError(f"cannot load the processor from {path}: {e}") from None
+    except (*config_errors(), ImportError) as e:
+        raise ModelLoadError(f"cannot load the processor from {path}: {' '.join(str(e).split())}") from None
 
 
 def model_init_kwargs(model_cfg, *, cpu: bool = False) -> dict:
@@ -72,4 +72,6 @@ def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None, max_memo
         raise ModelLoadError(f"{model_cfg.name_or_path} is not an image-text-to-text model: {e}") from None
     except OSError as e:
         raise ModelLoadError(f"cannot load the model from {path}: {e}") from None
+    except config_errors() as e:
+        raise unreadable_config(e, path) from None
     return model, load_processor(model_cfg, path)
