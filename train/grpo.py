@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mmpc_rl.errors import run_cli
+from mmpc_rl.io import prepare_output_dir, write_failure
 from mmpc_rl.train.cuda_check import refuse_cpu_training
 from mmpc_rl.train.recipe import load_training_recipe
 from mmpc_rl.train.resume import finished_run, resume_point
@@ -35,13 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         print(f"mmpc-rl: {done}")
         return 0
+    prepare_output_dir(recipe.trainer["output_dir"])  # writable, no link out of it: before seconds of imports
 
     from mmpc_rl.train.builder import build_trainer  # TRL and the model stack: ~8 s of imports, after the checks
 
     trainer = build_trainer(recipe)
     t0 = time.time()
     # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
-    trainer.train(resume_from_checkpoint=resume_point(trainer.args))
+    try:
+        trainer.train(resume_from_checkpoint=resume_point(trainer.args))
+    except Exception as e:  # a full disk mid-checkpoint is one line that says so (torch's C++ writer does not)
+        failure = write_failure(e, trainer.args.output_dir)
+        if failure is None:
+            raise
+        raise failure from None
     if trainer.is_world_process_zero():
         print(run_summary(trainer.args.output_dir, trainer.state.global_step, time.time() - t0))
     return 0
