@@ -13,13 +13,14 @@ checked by `check_fields`: the type from the annotation, the range from the fiel
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.errors import ConfigError
 
 AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "num_generations", "max_completion_length", "num_iterations")
@@ -182,7 +183,10 @@ def _scalar(name: str, value: Any, kind: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{name} must be text, got {value!r}")
         value = str(value)  # `wandb.name=2024` is the text "2024"
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name}={value!r}" + did_you_mean(str(value), map(str, meta["choices"])))
+        choices = [str(c) for c in meta["choices"]]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{name}={value!r}{hint}; valid choices: {', '.join(choices)}")
     return value
 
 

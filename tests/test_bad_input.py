@@ -269,7 +269,7 @@ def test_run_cli_turns_yaml_and_os_errors_into_one_line_and_debug_shows_the_trac
     ("trainer.temperature=0", "trainer.temperature=0: must be greater than 0"),
     ("eval.batch_size=0", "eval.batch_size=0: must be at least 1"),
     ("eval.batch_size=8.0", "eval.batch_size must be a whole number, got 8.0"),
-    ("eval.split=test", "eval.split='test'; valid choices: cqbench, recbench, train"),
+    ("eval.split=test", "eval.split='test'; valid choices: train, cqbench, recbench"),
     ("eval.items_per_category=abc", "eval.items_per_category must be a whole number, got 'abc'"),
     ("model.max_pixels=-1", "model.max_pixels=-1: must be at least 1"),
     ("model.qlora=yes_please", "model.qlora must be true or false, got 'yes_please'"),
@@ -304,7 +304,7 @@ def test_pixel_bounds_are_ordered_and_a_bare_value_is_a_one_element_list():
     ("image_px=0", "image_px=0: must be at least 1"),
     ("image_px=-5", "image_px=-5: must be at least 1"),
     ("prompt_tokens=-500", "prompt_tokens=-500: must be at least 1"),
-    ("format=xml", "format='xml'; valid choices: json, text"),
+    ("format=xml", "format='xml'; valid choices: text, json"),
 ])
 def test_planner_inputs_are_finite_and_positive(capsys, arg, message):
     from mmpc_rl.train.plan_cli import main

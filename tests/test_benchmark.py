@@ -129,7 +129,7 @@ def test_real_shape_is_qwen25_vl_7b():
 @pytest.mark.parametrize("argv, needle", [
     (["stepz=3"], "unknown key 'stepz' (did you mean 'steps'?)"),
     (["shape=huge"], "shape='huge'; valid choices: real, tiny"),
-    (["arms=[project,fast]"], "arms='fast'; valid choices: plain, project"),
+    (["arms=[project,fast]"], "arms='fast'; valid choices: project, plain"),
     (["steps=0"], "steps=0: must be at least 1"),
     (["trainer.bogus=1"], "unknown key trainer.bogus"),
     (["trainr.beta=0"], "unknown key recipe.trainr (did you mean 'trainer'?)"),  # checked by the recipe
