@@ -240,7 +240,8 @@ def test_yaml_mistakes_in_list_arguments_are_one_line_in_every_command(capsys, t
 def test_a_deep_inherit_chain_is_one_line(capsys, tmp_path):
     for i in range(40):
         (tmp_path / f"r{i}.yaml").write_text(f"inherit: r{i + 1}.yaml\n" if i < 39 else "inherit: demo-i2t\n")
-    assert "inherits more than 32 recipes deep" in _cli(capsys, f"recipe={tmp_path / 'r0.yaml'}")
+    assert "inherits more than 32 recipes deep" in _cli(capsys, f"recipe={tmp_path / 'r0.yaml'}",
+                                                        f"trainer.output_dir={tmp_path}", "data.path=/no/such/catalog")
 
 
 def test_run_cli_turns_yaml_and_os_errors_into_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
@@ -376,3 +377,19 @@ def test_a_reward_that_returns_the_wrong_thing_stops_the_run_in_one_line(scores,
         wrapped(prompts=["p", "q"], completions=["a", "b"])
     (fine,) = instrument_rewards([lambda prompts=None, completions=None, completion_ids=None, **kw: [0.5, None]])
     assert fine(prompts=["p", "q"], completions=["a", "b"]) == [0.5, None]
+
+
+def test_cqbench_records_of_the_wrong_shape_are_generated_again(tmp_path, one_thread):
+    from mmpc_rl.eval.cqbench import main
+    from mmpc_rl.io import read_jsonl
+
+    argv = ["models=[tiny://qwen2.5-vl]", "data=sample", "categories=Video_Games", "limit=2", "max_new_tokens=2",
+            "dtype=float32", "progress=false", f"output_dir={tmp_path}"]
+    assert main(argv) == 0
+    items = tmp_path / "items" / "tiny-qwen2.5-vl" / "i2t.jsonl"
+    good = list(read_jsonl(items))
+    items.write_text(json.dumps({**good[0], "metrics": "lost"}) + "\n" + json.dumps({"key": 5}) + "\n"
+                     + json.dumps(good[1]) + "\n")  # hand-edited: a record of another shape, a stray line
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]["tiny-qwen2.5-vl"]["i2t"]
+    assert results["n_items"] == 2

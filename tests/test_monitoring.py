@@ -151,6 +151,10 @@ def test_curves_cli_one_line_errors(tmp_path):
         curves.main([f"dir={tmp_path}"])
     with pytest.raises(ConfigError, match="no training records"):
         curves.main([f"out={tmp_path}"])
+    # a record without a step (hand-made, another tool's) is left off the axis, not a KeyError
+    (tmp_path / "metrics.jsonl").write_text('{"reward": 0.5}\n{"step": "x", "loss": 1}\n{"step": 1, "reward": 0.7}\n'
+                                            '{"step": 2, "reward": 0.9, "cqbench/gold/token_overlap": 0.1}\n')
+    assert curves.main([f"out={tmp_path}"]) == 0 and (tmp_path / "reward_curves.png").is_file()
 
 
 # ------------------------------------------------------------------------------ a real offline W&B run of demo-i2t

@@ -31,7 +31,9 @@ def plot_curves(output_dir: str | Path, filename: str = "reward_curves.png") -> 
     import matplotlib.pyplot as plt
 
     out = Path(output_dir)
-    every = list(read_jsonl(out / "metrics.jsonl"))
+    # a record without a numeric step (a hand-edited or foreign file) has no place on the x axis: left out
+    every = [r for r in read_jsonl(out / "metrics.jsonl")
+             if isinstance(r.get("step"), (int, float)) and not isinstance(r.get("step"), bool)]
     recs = [r for r in every if "reward" in r or "loss" in r]
     if not recs:
         return None
