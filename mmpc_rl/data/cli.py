@@ -9,6 +9,7 @@ from typing import Any
 from mmpc_rl.data.build import DEFAULTS, build
 from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.io import prepare_output_dir
 from mmpc_rl.options import parse_options
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
@@ -34,6 +35,7 @@ def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...]
 def sample(argv: list[str]) -> int:
     opts = options(argv, {"out": None, "base_url": None, "seed": 0}, ("out",), "mmpc-rl data sample",
                    USAGE.splitlines()[0])
+    prepare_output_dir(str(opts["out"]))
     out = build_sample_catalog(str(opts["out"]), base_url=opts["base_url"], seed=opts["seed"])
     print(f"sample catalog: {out}")
     return 0
