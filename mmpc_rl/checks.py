@@ -223,6 +223,27 @@ def check_fields(section: str | None, schema: type, given: Mapping[str, Any]) ->
     return out
 
 
+def check_arguments(section: str, fn: Any, given: Mapping[str, Any]) -> None:
+    """`given` keyword arguments of `fn` (a reward factory's options) against its annotations: a number where it
+    takes an int, true/false where it takes a bool, text where it takes text (no ranges: the factory states none)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve is simply not type-checked
+        return
+    for key, value in given.items():
+        kind, elem, optional = _kind(hints.get(key, Any))
+        if value is None or kind == "other":
+            continue
+        name = f"{section}.{key}"
+        if kind == "list":
+            ekind = _kind(elem)[0]
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if ekind != "other":
+                    _scalar(name, v, ekind, {})
+        else:
+            _scalar(name, value, kind, {})
+
+
 def describe_type(kind: str, elem: Any = None) -> str:
     if kind == "list":
         plural = {"bool": "true/false", "int": "whole numbers", "float": "numbers", "str": "text"}

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmpc_rl.checks import check_arguments
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.plan import ModelMemory
 
@@ -148,6 +149,7 @@ def validate_rewards(rewards: Mapping[str, Mapping], task: str) -> None:
         for key in opts:
             if key not in valid:
                 raise ConfigError(f"unknown key rewards.{name}.{key}" + did_you_mean(str(key), valid))
+        check_arguments(f"rewards.{name}", s.factory, {k: v for k, v in opts.items() if k != "weight"})
 
 
 def reward_memory(rewards: Mapping[str, Mapping]) -> tuple[ModelMemory, ...]:

@@ -354,6 +354,8 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_loa
     ("rewards.math:.weight=1", "name a reward from outside the package as package.module:function"),
     ("rewards..x:fn.weight=1", "cannot import module '.x'"),
     ("rewards.math:pi.weight=1", "reward 'math:pi' is not callable"),
+    ("rewards.minilm_cosine.batch_size=8.0", "rewards.minilm_cosine.batch_size must be a whole number, got 8.0"),
+    ("rewards.minilm_cosine.model=[a]", "rewards.minilm_cosine.model must be text, got ['a']"),
 ])
 def test_reward_names_at_the_edges_are_one_line(capsys, tmp_path, name, message):
     assert message in _cli(capsys, "recipe=demo-i2t", f"trainer.output_dir={tmp_path}", name)
