@@ -19,15 +19,17 @@ def shorten(message: str) -> str:
 
 
 class OnceFilter(logging.Filter):
-    """Lets a warning through the first time its text up to the first colon (what it says, not the data it quotes)
-    is seen; shortens what it lets through. Messages below WARNING pass unchanged."""
+    """Lets a library's warning through the first time its text up to the first colon (what it says, not the data it
+    quotes) is seen; shortens what it lets through. Messages below WARNING, and every record of another logger (a
+    handler may be shared, e.g. the root's), pass unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, libraries: tuple[str, ...] = LIBRARIES) -> None:
         super().__init__()
+        self.libraries = libraries
         self.seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or record.name.split(".", 1)[0] not in self.libraries:
             return True
         message = record.getMessage()
         key = message.split(": ", 1)[0][:120]
@@ -42,7 +44,7 @@ def quiet_repeated_warnings(libraries: tuple[str, ...] = LIBRARIES) -> OnceFilte
     """Install one OnceFilter on the handlers of each library's root logger (made when the library is imported, so
     call it after that), and show each deprecation notice (FutureWarning) once, whichever library line raises it."""
     warnings.filterwarnings("once", category=FutureWarning)
-    once = OnceFilter()
+    once = OnceFilter(libraries)
     for name in libraries:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, OnceFilter) for f in handler.filters):

@@ -376,8 +376,15 @@ def test_a_warning_repeated_every_batch_is_shown_once_and_short():
             log.warning("The following part of your input was truncated because CLIP can only handle sequences up "
                         f"to 77 tokens: ['title {i} " + "<|endoftext|>" * 60 + "']")
         log.warning("another warning: shown too")
+        ours = logging.getLogger("mmpc_rl.test_once")  # a handler may be shared (the root's): our warnings all pass
+        ours.addHandler(handler)
+        for i in range(3):
+            ours.warning(f"mmpc-rl: warning {i}")
+        ours.removeHandler(handler)
     finally:
         log.removeHandler(handler)
+    assert records[2:] == ["mmpc-rl: warning 0", "mmpc-rl: warning 1", "mmpc-rl: warning 2"]
+    records = records[:2]
     assert len(records) == 2
     assert records[0].startswith("The following part of your input was truncated") and len(records[0]) < 320
     assert "<|endoftext|> x60" in records[0] and records[0].endswith("(shown once)")
