@@ -22,8 +22,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmpc_rl.checks import at_least
 from mmpc_rl.config import DTYPES, CQBenchScoring, DataConfig, ItemSelection, ModelConfig, ModelLoading
+from mmpc_rl.console import quiet_repeated_warnings
 from mmpc_rl.data import SPLITS, load_items
+from mmpc_rl.data.skips import usable_items
 from mmpc_rl.errors import ConfigError, ModelLoadError, did_you_mean, run_cli
 from mmpc_rl.eval.profiles import apply_profile, model_dtype, profile_record
 from mmpc_rl.eval.report import (
@@ -34,10 +37,11 @@ from mmpc_rl.eval.report import (
     markdown_tables,
     radar_png,
 )
+from mmpc_rl.eval.run_dir import from_run
 from mmpc_rl.eval.runner import adapter_off, evaluate, rank_and_world
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.eval.settings import check_settings, run_settings
-from mmpc_rl.io import atomic_write_json, atomic_write_text
+from mmpc_rl.io import atomic_write_json, atomic_write_text, prepare_output_dir
 from mmpc_rl.lock import lock_folder
 from mmpc_rl.models import attach_adapter, load_policy, resolve_model_path, source_key
 from mmpc_rl.options import parse_options
@@ -60,7 +64,7 @@ class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
     models: list[str] = field(default_factory=lambda: [ModelConfig.name_or_path])
     tasks: list[str] = field(default_factory=lambda: ["i2t"])
     data: str = DataConfig.path  # "sample", a raw Amazon-2023 folder or a `mmpc-rl data build` output
-    limit: int | None = None  # items per category (the paper: 1000)
+    limit: int | None = field(default=None, metadata=at_least(1))  # items per category (the paper: 1000)
     profile: str | None = None  # eval/profiles.py: "paper" = the authors' inference; keys given here win
     max_new_tokens: int | None = None  # None: the task's budget (titles 128, prompts 256)
     output_dir: str = "outputs/cqbench"
@@ -76,8 +80,13 @@ class CQBenchConfig(ModelLoading, ItemSelection, CQBenchScoring):
     progress: bool = True
 
 
+USAGE = ("usage: mmpc-rl eval cqbench models=[ID,...] [tasks=[i2t,t2i]] [data=DIR|sample] [key=value ...]\n"
+         "       mmpc-rl eval cqbench adapter=RUN_DIR   (a training run's adapter vs its base, as the run evaluated)")
+
+
 def parse_config(argv: list[str]) -> CQBenchConfig:
-    cfg = apply_profile(parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench"), argv)
+    cfg = parse_options(CQBenchConfig, argv, "mmpc-rl eval cqbench", usage=USAGE)
+    cfg = apply_profile(from_run(cfg, argv), argv)  # adapter=RUN_DIR: the run's base and setup
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}; valid choices: {', '.join(SPLITS)}")
     if cfg.dtype not in ("family", *DTYPES):
@@ -130,6 +139,7 @@ def load_renderer(name_or_path: str, size: int = 1024, steps: int = 4, max_seque
     """(prompts, seeds) -> PIL images through the project's SD3.5 renderer (shared with the T->I reward); guidance
     0 as the authors used SD3.5-large-turbo."""
     renderer = Renderer.from_pretrained(name_or_path, device=device, dtype=dtype)
+    quiet_repeated_warnings()  # SD3.5's CLIP truncation warning, once per prompt otherwise
 
     def render(prompts: list[str], seeds: list[int]):
         return renderer.render(prompts, seeds, height=size, width=size, num_inference_steps=steps,
@@ -166,7 +176,9 @@ def eval_placement(cfg: CQBenchConfig, name: str):
 def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files.
     The output folder is locked while it runs (the process that writes the reports holds the lock)."""
-    out = Path(cfg.output_dir)
+    out = prepare_output_dir(cfg.output_dir)
+    for name in cfg.models:  # a model that cannot be found fails before the items, renderer and scorers load
+        resolve_model_path(name, option="models")
     lock = lock_folder(out, "CQBench output_dir", take=rank_and_world()[0] == 0)
     try:
         return _run(cfg, out)
@@ -181,6 +193,7 @@ def _run(cfg: CQBenchConfig, out: Path) -> dict:
     if no_image := [it for it in items if not it.get("image")]:  # nothing to show (i2t) or to compare with (t2i)
         print(f"mmpc-rl: {len(no_image)} of {len(items)} items have no image and are skipped", file=sys.stderr)
         items = [it for it in items if it.get("image")]
+    items = usable_items(items, policy="i2t" in cfg.tasks)  # the training run's test (data/skips.py)
     if not items:
         raise ConfigError(f"no items in {cfg.data} (split={cfg.split}, categories={cfg.categories})")
     scorers = load_scorers(cfg)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from mmpc_rl.data.images import open_image as safe_open_image
+from mmpc_rl.data.images import usable_image
 from mmpc_rl.errors import DataError
 from mmpc_rl.tasks import Task
 
@@ -24,8 +25,8 @@ def prompt_cost(task: Task, item: dict) -> int:
     """A sort key that tracks the prompt's token count: pixels for image prompts, characters for text ones."""
     if task.uses_image_input:
         try:
-            with Image.open(item["image"]) as im:
-                return im.size[0] * im.size[1]
+            width, height = usable_image(item["image"], fit=False, decode=False)  # the header; never a FIFO
+            return width * height
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read image {item['image']} of item {item.get('parent_asin')}: {e}") from None
     return len(item.get("text") or item["title"])

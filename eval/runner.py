@@ -108,7 +108,8 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
     results_path = Path(results_path)
     rank, world = _dist()
     shard = results_path if world == 1 else results_path.with_name(f"{results_path.stem}.rank{rank}.jsonl")
-    done = {rec["key"] for path in _files(results_path) for rec in read_jsonl(path, repair=(path == shard))}
+    done = {rec["key"] for path in _files(results_path) for rec in read_jsonl(path, repair=(path == shard))
+            if well_formed(rec)}  # a record of another shape (hand-edited) is generated again, not a KeyError
     todo = [it for i, it in enumerate(items) if i % world == rank and item_key(it) not in done]
     max_new = max_new_tokens or task.max_new_tokens
     image_dir = Path(image_dir) if image_dir else results_path.parent / "images"
@@ -127,11 +128,11 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
     records = {}
     for path in _files(results_path):
         for rec in read_jsonl(path):
-            if rec["key"] in wanted:
+            if well_formed(rec) and rec["key"] in wanted:
                 records.setdefault(rec["key"], rec)
     if world > 1:  # fold the shards into the one file a later single-process run resumes from
         merged = [r for r in read_jsonl(results_path)]
-        have = {r["key"] for r in merged}
+        have = {r.get("key") for r in merged}
         for rec in records.values():
             if rec["key"] not in have:
                 append_jsonl(results_path, rec)
@@ -157,6 +158,12 @@ def _generate_all(model, processor, task: Task, batches, shard: Path, scorers: S
                 rec["image"] = path
             append_jsonl(shard, rec)
         bar.update(len(batch))
+
+
+def well_formed(rec: dict) -> bool:
+    """A per-item record as `_generate_all` writes it (what `aggregate` reads)."""
+    return (isinstance(rec.get("key"), str) and isinstance(rec.get("metrics"), dict)
+            and isinstance(rec.get("category"), str) and isinstance(rec.get("status"), str))
 
 
 def _files(results_path: Path) -> list[Path]:

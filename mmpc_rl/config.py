@@ -26,9 +26,23 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpc_rl.checks import check_lora, check_numbers, check_trainer, grpo_fields, lora_fields
+from mmpc_rl.checks import (
+    at_least,
+    check_fields,
+    check_lora,
+    check_numbers,
+    check_trainer,
+    greater_than,
+    grpo_fields,
+    lora_fields,
+    one_of,
+    trainer_aliases,
+)
+from mmpc_rl.data import SPLITS
+from mmpc_rl.data.reader import CATEGORIES
+from mmpc_rl.data.schema import TEXT_FIELDS
 from mmpc_rl.errors import ConfigError, did_you_mean
-from mmpc_rl.options import split_pairs, typed_tree
+from mmpc_rl.options import read_yaml, split_pairs, typed_tree
 from mmpc_rl.prompts import DEFAULT_PROMPT, prompt_text
 from mmpc_rl.tasks import TASKS
 
@@ -38,6 +52,7 @@ COMPILED_DECODING = (False, True, "force")
 SECTIONS = ("model", "lora", "trainer", "rewards", "data", "eval", "early_stop", "wandb")
 TOP_LEVEL = ("recipe", "inherit", "task", *SECTIONS)
 MAX_REWARD_WEIGHT = 1e6  # a reward weighted beyond this drowns the others (and 1e308 overflows float32 to inf)
+MAX_INHERIT = 32  # recipes that inherit deeper than this are a loop in all but name
 
 
 # Three groups of fields are shared by a training recipe and `mmpc-rl eval cqbench` (eval/cqbench.py's CQBenchConfig
@@ -46,18 +61,19 @@ MAX_REWARD_WEIGHT = 1e6  # a reward weighted beyond this drowns the others (and 
 class ModelLoading:
     """How a policy's weights are loaded."""
 
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # auto | bfloat16 | float16 | float32
     attn_implementation: str | None = None  # None: transformers' default (sdpa)
     qlora: bool = False  # 4-bit NF4 + double quantisation, computing in `dtype` (bf16 if "auto")
-    min_pixels: int | None = None  # image-processor bounds: fewer pixels = fewer image tokens
-    max_pixels: int | None = None
+    # image-processor bounds: fewer pixels = fewer image tokens
+    min_pixels: int | None = field(default=None, metadata=at_least(1))
+    max_pixels: int | None = field(default=None, metadata=at_least(1, not_below="min_pixels"))
 
 
 @dataclass(frozen=True)
 class ItemSelection:
     """Which catalog items are read, and the prompt they are asked with."""
 
-    categories: list[str] | None = None  # None: every category found
+    categories: list[str] | None = field(default=None, metadata=one_of(*CATEGORIES))  # None: every category found
     seed: int = 42
     prompt: str = DEFAULT_PROMPT  # mmpc_rl.prompts: "paper" (the authors' wording) or "detailed"; training and CQBench
     cache_dir: str | None = None  # where images and the built sample catalog are kept
@@ -67,11 +83,11 @@ class ItemSelection:
 class CQBenchScoring:
     """What a CQBench pass generates on and scores with."""
 
-    split: str = "cqbench"
-    batch_size: int = 16
-    max_new_tokens: int | None = 128
+    split: str = field(default="cqbench", metadata=one_of(*SPLITS))
+    batch_size: int = field(default=16, metadata=at_least(1))
+    max_new_tokens: int | None = field(default=128, metadata=at_least(1))
     bertscore: str | None = None  # None: no BERTScore; "roberta-large" (the authors' evaluate default), or a folder
-    bertscore_layers: int | None = None
+    bertscore_layers: int | None = field(default=None, metadata=at_least(1))
     lpips: str | None = None  # t2i: torchvision AlexNet weights file; "random": random trunk (smoke tests); None: none
     clip: str | None = None  # t2i: CLIP ViT-B/32 (hub id, local folder or tiny://clip); None: no CLIP similarity
 
@@ -94,20 +110,21 @@ class ModelConfig(ModelLoading):
 @dataclass(frozen=True)
 class DataConfig(ItemSelection):
     path: str = "data/mmpcbench"  # a `mmpc-rl data build` output, "sample" (bundled catalog) or a raw Amazon-2023 dir
-    split: str = "train"  # which item set GRPO trains on (train / cqbench)
-    limit_per_category: int | None = None
-    text_field: str = "title"
+    split: str = field(default="train", metadata=one_of(*SPLITS))  # which item set GRPO trains on (train / cqbench)
+    limit_per_category: int | None = field(default=None, metadata=at_least(1))
+    text_field: str = field(default="title", metadata=one_of(*TEXT_FIELDS))
 
 
 @dataclass(frozen=True)
 class EvalConfig(CQBenchScoring):
     enabled: bool = False  # CQBench before and after training (the callback)
-    every_n_steps: int | None = None  # also every N optimizer steps: the gold curve `cqbench/gold/<metric>`
-    items_per_category: int = 20
-    categories: list[str] | None = None  # None: data.categories
+    # also every N optimizer steps: the gold curve `cqbench/gold/<metric>`
+    every_n_steps: int | None = field(default=None, metadata=at_least(1))
+    items_per_category: int = field(default=20, metadata=at_least(1))
+    categories: list[str] | None = field(default=None, metadata=one_of(*CATEGORIES))  # None: data.categories
     # a pass during training is skipped (with a note) if evaluation would then exceed this share of the training
     # time (our choice: a quarter); None: never skipped
-    max_fraction: float | None = 0.25
+    max_fraction: float | None = field(default=0.25, metadata=greater_than(0))
     select_best: str | None = None  # a CQBench metric: the best-scoring step's adapter is kept in output_dir/best/
     divergence_window: int = 3  # the proxy-gold divergence alarm compares trends over the last K evaluations
 
@@ -117,9 +134,11 @@ class EarlyStopConfig:
     """Stop when a metric stops improving (off while `metric` is None)."""
 
     metric: str | None = None  # "reward" (total training reward, smoothed) or a CQBench metric (eval.every_n_steps)
-    patience: int = 10  # evaluations (a CQBench metric) or logged steps (reward) without a gain of min_delta
-    min_delta: float = 0.0
-    window: int = 10  # the smoothed reward is the mean of the last `window` logged steps
+    # evaluations (a CQBench metric) or logged steps (reward) without a gain of min_delta
+    patience: int = field(default=10, metadata=at_least(1))
+    min_delta: float = field(default=0.0, metadata=at_least(0))
+    # the smoothed reward is the mean of the last `window` logged steps
+    window: int = field(default=10, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,8 @@ class WandbConfig:
     name: str | None = None
     tags: list[str] = field(default_factory=list)
     entity: str | None = None
-    log_completions_every: int = 10  # steps between completion tables (with images)
+    # steps between completion tables (with images)
+    log_completions_every: int = field(default=10, metadata=at_least(1))
 
 
 SECTION_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "eval": EvalConfig, "early_stop": EarlyStopConfig,
@@ -238,22 +258,14 @@ def _recipe_path(name: str, relative_to: Path | None = None) -> Path:
     return path
 
 
-def _load_yaml(path: Path) -> DictConfig:
-    try:
-        cfg = OmegaConf.load(path)
-    except (OmegaConfBaseException, OSError, ValueError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"recipe {path} must be a mapping of sections")
-    return cfg
-
-
 def _compose(name: str, seen: tuple[str, ...] = (), relative_to: Path | None = None) -> DictConfig:
     path = _recipe_path(name, relative_to).resolve()  # absolute: its own `inherit:` is relative to its folder
     key = str(path)
     if key in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join((*seen, key))}")
-    cfg = _load_yaml(path)
+    if len(seen) >= MAX_INHERIT:
+        raise ConfigError(f"recipe {seen[0]} inherits more than {MAX_INHERIT} recipes deep (at {key})")
+    cfg = read_yaml(path)
     try:
         parent = cfg.pop("inherit", None)
     except OmegaConfBaseException as e:  # e.g. `inherit: ${oc.env:UNSET}`
@@ -261,10 +273,21 @@ def _compose(name: str, seen: tuple[str, ...] = (), relative_to: Path | None = N
     if parent is not None and not isinstance(parent, str):
         raise ConfigError(f"recipe {path}: inherit: must be a recipe name or a .yaml path, got {parent!r}")
     if parent == "base" or not parent:
-        below = _load_yaml(recipe_dir() / "base.yaml")
+        below = read_yaml(recipe_dir() / "base.yaml")
     else:
         below = _compose(parent, (*seen, key), path.parent)
     return OmegaConf.merge(below, cfg)
+
+
+def recipe_values(name: str) -> dict:
+    """The composed recipe `name` (base <- its parents <- it) as plain containers, for `--help`; an interpolation
+    that does not resolve here is shown as written."""
+    tree = _compose(name)
+    tree.recipe = name
+    try:
+        return OmegaConf.to_container(tree, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(tree, resolve=False)
 
 
 def load_recipe(argv: list[str] | None = None, default: str | None = None) -> Recipe:
@@ -274,13 +297,24 @@ def load_recipe(argv: list[str] | None = None, default: str | None = None) -> Re
     if recipe is None:
         raise ConfigError("no recipe given: add recipe=NAME; valid choices: " + ", ".join(list_recipes()))
     tree = _compose(recipe)
+    overrides = [(k, v) for k, v in pairs if k != "recipe"]
     try:
-        tree = OmegaConf.merge(tree, typed_tree([(k, v) for k, v in pairs if k != "recipe"]))
+        tree = OmegaConf.merge(tree, typed_tree(overrides))
         tree.recipe = recipe
         raw = OmegaConf.to_container(tree, resolve=True)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    except (OmegaConfBaseException, TypeError, ValueError) as e:
+        # a mapping given where the recipe has a list (or the reverse): name the override that does it
+        culprit = next((f"{k}={v}: " for k, v in overrides if not _merges(tree, k, v)), "")
+        raise ConfigError(f"bad override: {culprit}{str(e).splitlines()[0]}") from None
     return build_recipe(raw)
+
+
+def _merges(tree: DictConfig, key: str, value: str) -> bool:
+    try:
+        OmegaConf.merge(tree, typed_tree([(key, value)]))
+    except (OmegaConfBaseException, TypeError, ValueError):
+        return False
+    return True
 
 
 # -------------------------------------------------------------------------------------------- validation
@@ -322,7 +356,7 @@ def build_recipe(raw: dict) -> Recipe:
     for name, schema in SECTION_SCHEMAS.items():
         given = _mapping(name, raw.get(name))
         _check_keys(name, given, [f.name for f in dataclasses.fields(schema)])
-        sections[name] = schema(**given)
+        sections[name] = schema(**check_fields(name, schema, given))
     prompt_text(raw["task"], sections["data"].prompt)  # an unknown prompt name fails here, not after model loading
     _check_watch(sections["eval"], sections["early_stop"])
     threads = sections["model"].cpu_threads
@@ -339,6 +373,7 @@ def build_recipe(raw: dict) -> Recipe:
     _check_keys("lora", lora, lora_fields())
     trainer = _mapping("trainer", raw.get("trainer"))
     _check_keys("trainer", trainer, grpo_fields())
+    trainer = trainer_aliases(trainer)
     check_trainer(trainer)
     if lora:
         check_lora(lora)

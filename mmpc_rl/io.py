@@ -1,31 +1,109 @@
-"""Files that survive a kill: atomic whole-file writes and append-only JSONL whose torn last line is ignored."""
+"""Files that survive a kill: atomic whole-file writes and append-only JSONL whose torn last line is ignored; and the
+output folder a command writes into, checked before anything is written (`prepare_output_dir`).
+
+No write follows a symbolic link out of the output folder: the folder is scanned for links that lead outside it
+before a command writes (a link planted as `metrics.jsonl` or `checkpoint-2` would otherwise take the run's writes
+elsewhere), whole files are replaced by rename (which replaces a link, never writes through it) and appends refuse a
+link (O_NOFOLLOW)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mmpc_rl.errors import DataError, describe_os_error, os_reason
+
 log = logging.getLogger("mmpc_rl")
+
+
+def _short(path: str | os.PathLike) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:80]}...{text[-30:]}"
+
+
+def prepare_output_dir(folder: str | os.PathLike) -> Path:
+    """The output folder, created if needed and checked before a command writes anything there: an OS error is one
+    line naming the folder and the reason (read-only, not a directory, name too long, no space left on device), and
+    a symbolic link inside it that leads outside it is refused."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".mmpc-write-check.", delete=True)  # noqa: SIM115
+        probe.write(b"x")
+        probe.flush()
+        probe.close()
+    except FileExistsError:
+        raise DataError(f"output folder {_short(folder)}: exists and is not a directory") from None
+    except OSError as e:
+        raise DataError(f"output folder {_short(folder)}: {os_reason(e)}") from None
+    outside = links_out_of(folder)
+    if outside:
+        link, target = outside[0]
+        raise DataError(f"output folder {_short(folder)}: {link} is a symbolic link to {target}, outside the folder; "
+                        "mmpc-rl never writes through one: remove it (or make the output folder itself the link)")
+    return folder
+
+
+def links_out_of(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """(link, target) for each symbolic link under `folder` that resolves outside it (or dangles)."""
+    root = Path(folder).resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root) or not target.exists():
+                    found.append((str(path.relative_to(root)), str(target)))
+    return found
+
+
+def write_failure(e: BaseException, folder: str | os.PathLike) -> DataError | None:
+    """A one-line error for a failed write into the output folder, or None when `e` is something else. torch's C++
+    writer reports a full disk as "file write failed" without the reason, so the free space is looked at."""
+    if isinstance(e, OSError):
+        inside = e.filename is not None and Path(str(e.filename)).resolve().is_relative_to(Path(folder).resolve())
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or inside:
+            return DataError(f"cannot write to {_short(folder)}: {describe_os_error(e)}")
+        return None
+    text = str(e)
+    if "write failed" in text or "No space left" in text or "StorageFull" in text:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        reason = ("no space left on device" if free is not None and free < 2**30 or "space" in text.lower() else
+                  " ".join(text.split())[:200])
+        room = f" ({free / 2**20:.0f} MiB free)" if free is not None else ""
+        return DataError(f"cannot write to {_short(folder)}: {reason}{room}; free some space and resume "
+                         "(trainer.resume_from_checkpoint=auto)")
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.replace(tmp, path)  # replaces a symbolic link at `path`, never writes through it
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file written, not the temporary one
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     return path
 
@@ -68,7 +146,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = _dumps(record) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with open(fd, "a", encoding="utf-8") as f:  # O_NOFOLLOW: a symbolic link at `path` is an error, not followed
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -102,7 +181,7 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False, skipped: list |
         if skipped is not None:
             skipped.extend(bad)
         log.warning("%s: skipped %d malformed line(s) (e.g. line %d)", path, len(bad), bad[0])
-    if repair and good_bytes != path.stat().st_size:
+    if repair and good_bytes != path.stat().st_size and not path.is_symlink():
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
 

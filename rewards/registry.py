@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmpc_rl.checks import check_arguments
 from mmpc_rl.errors import ConfigError, did_you_mean
 from mmpc_rl.plan import ModelMemory
 
@@ -96,9 +97,11 @@ def _outside(path: str) -> RewardSpec:
     """The reward at `package.module:attribute`: a registered factory, a factory by signature, or a plain
     TRL reward function (no options)."""
     module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"reward {path!r}: name a reward from outside the package as package.module:function")
     try:
         obj = getattr(importlib.import_module(module), attr)
-    except ImportError as e:
+    except (ImportError, ValueError, TypeError) as e:  # ValueError/TypeError: a malformed module name
         raise ConfigError(f"reward {path!r}: cannot import module {module!r} ({e})") from None
     except AttributeError:
         raise ConfigError(f"reward {path!r}: module {module!r} has no attribute {attr!r}") from None
@@ -107,7 +110,11 @@ def _outside(path: str) -> RewardSpec:
     registered = next((s for s in REGISTRY.values() if s.factory is obj), None)
     if registered is not None:
         return registered
-    if "task" in inspect.signature(obj).parameters:
+    try:
+        takes_task = "task" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature: a plain reward function
+        takes_task = False
+    if takes_task:
         return RewardSpec(path, obj, ())
 
     def plain(task, context=None):
@@ -142,6 +149,7 @@ def validate_rewards(rewards: Mapping[str, Mapping], task: str) -> None:
         for key in opts:
             if key not in valid:
                 raise ConfigError(f"unknown key rewards.{name}.{key}" + did_you_mean(str(key), valid))
+        check_arguments(f"rewards.{name}", s.factory, {k: v for k, v in opts.items() if k != "weight"})
 
 
 def reward_memory(rewards: Mapping[str, Mapping]) -> tuple[ModelMemory, ...]:

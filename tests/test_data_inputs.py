@@ -199,16 +199,16 @@ def test_training_and_eval_open_images_through_the_pixel_cap(tmp_path, monkeypat
     from datasets import Dataset
 
     from mmpc_rl.data import images
-    from mmpc_rl.data.skips import drop_undecodable_images
+    from mmpc_rl.data.skips import drop_unusable_images
     from mmpc_rl.eval.generate import open_image as eval_open
 
     monkeypatch.setattr(images, "MAX_PIXELS", 4_000_000)  # the default cap, as training and eval use it
     bomb, ok = tmp_path / "bomb.png", tmp_path / "ok.png"
     bomb.write_bytes(_png((3000, 3000), "1"))
     ok.write_bytes(_png())
-    ds = drop_undecodable_images(Dataset.from_dict({"image": [str(ok), str(bomb), str(ok)]}), tmp_path)
+    ds = drop_unusable_images(Dataset.from_dict({"image": [str(ok), str(bomb), str(ok)]}), tmp_path)
     assert len(ds) == 2
-    assert "too_many_pixels" in json.loads((tmp_path / "skips.json").read_text())["undecodable_image"]["examples"][0]
+    assert "too_many_pixels" in json.loads((tmp_path / "skips.json").read_text())["unusable_image"]["examples"][0]
     from mmpc_rl.errors import DataError
 
     with pytest.raises(DataError, match="too_many_pixels"):
@@ -285,3 +285,77 @@ def test_deeply_nested_details_do_not_break_mmrec_text():
 
     rec = {"title": "A fine title", "details": "[" * 100_000 + "]" * 100_000, "description": ["d"]}
     assert item_text(rec, "mmrec") == "A fine title d"
+
+
+def _no_hang(fn, seconds: float = 20.0):
+    """fn() in a thread: a FIFO opened for reading would block it for ever."""
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "blocked (opened a FIFO?)"
+    return out["value"]
+
+
+def test_images_the_processor_cannot_take_are_counted_skips_at_build_and_at_load(tmp_path, capsys):
+    import os
+
+    from datasets import Dataset
+
+    from mmpc_rl.data.images import BadImage, ImageCache, check_image
+    from mmpc_rl.data.skips import drop_unusable_images, usable_items
+
+    paths = {"ok": tmp_path / "ok.png", "strip": tmp_path / "strip.png", "tiny": tmp_path / "tiny.png",
+             "fifo": tmp_path / "fifo.png"}
+    paths["ok"].write_bytes(_png((64, 48)))
+    paths["strip"].write_bytes(_png((2000, 4)))  # decodes fine; smart_resize refuses aspect ratios over 200
+    paths["tiny"].write_bytes(_png((10, 10)))  # under one 14-px patch
+    os.mkfifo(paths["fifo"])
+    for name, reason in (("strip", "aspect_ratio_over_200"), ("tiny", "smaller_than_a_patch")):
+        with pytest.raises(BadImage, match=reason):
+            check_image(paths[name].read_bytes(), min_size=0)  # build: the same helper
+    cache = ImageCache(tmp_path / "cache", progress=False, min_size=0)
+    got = _no_hang(lambda: cache.fetch([str(p) for p in paths.values()]))
+    assert {k: got[str(p)]["reason"] for k, p in paths.items()} == {
+        "ok": None, "strip": "aspect_ratio_over_200", "tiny": "smaller_than_a_patch", "fifo": "not_a_regular_file"}
+
+    ds = Dataset.from_dict({"image": [str(paths[k]) for k in ("ok", "strip", "fifo", "tiny", "ok")]})
+    kept = _no_hang(lambda: drop_unusable_images(ds, tmp_path))  # load: the same helper
+    assert kept["image"] == [str(paths["ok"])] * 2
+    skips = json.loads((tmp_path / "skips.json").read_text())["unusable_image"]
+    assert skips["reasons"] == {"aspect_ratio_over_200": 1, "not_a_regular_file": 1, "smaller_than_a_patch": 1}
+    assert "skipped 3 of 5 rows whose image cannot be used" in capsys.readouterr().out
+    items = [{"image": str(paths[k]), "parent_asin": k} for k in ("ok", "strip", "fifo")]
+    assert [it["parent_asin"] for it in _no_hang(lambda: usable_items(items, policy=True))] == ["ok"]
+    assert [it["parent_asin"] for it in _no_hang(lambda: usable_items(items, policy=False))] == ["ok", "strip"]
+
+
+def test_an_image_cached_before_a_rule_existed_is_that_rules_skip(tmp_path):
+    from mmpc_rl.data.images import ImageCache
+    from mmpc_rl.io import append_jsonl
+
+    strip = tmp_path / "cache" / "ab" / "strip.jpg"
+    strip.parent.mkdir(parents=True)
+    strip.write_bytes(_png((2000, 4)))
+    append_jsonl(tmp_path / "cache" / "index.jsonl", {"url": "http://x/strip.jpg", "ok": True,
+                                                       "path": "ab/strip.jpg", "reason": None})
+    got = ImageCache(tmp_path / "cache", progress=False).fetch(["http://x/strip.jpg"])
+    assert got["http://x/strip.jpg"]["ok"] is False and got["http://x/strip.jpg"]["reason"] == "aspect_ratio_over_200"
+
+
+def test_hand_made_dataset_records_of_the_wrong_shape_are_counted_skips(tmp_path, capsys):
+    from mmpc_rl.data import load_items
+
+    (tmp_path / "summary.json").write_text(json.dumps({"categories": {"All_Beauty": {}}}))
+    (tmp_path / "All_Beauty").mkdir()
+    rows = [{"parent_asin": "A1", "title": "Red kite", "image": "a.png"},
+            {"parent_asin": ["A2"], "title": "list id"}, {"parent_asin": "A3", "title": 7, "image": "c.png"},
+            {"parent_asin": "A4", "title": "dict image", "image": {"path": "d.png"}}, {"title": "no id"},
+            {"parent_asin": 5, "title": "numeric id", "image": None}]
+    (tmp_path / "All_Beauty" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_items(str(tmp_path), split="train")
+    assert [(it["parent_asin"], it["title"], it["category"]) for it in items] == [
+        ("A1", "Red kite", "All_Beauty"), ("5", "numeric id", "All_Beauty")]
+    assert "skipped 4 record(s) of the wrong shape" in capsys.readouterr().out

@@ -103,3 +103,24 @@ def test_the_demo_is_the_same_with_one_or_two_threads_from_an_empty_cache(demo_r
     sft = [load_file(run.parent / "cache" / "tiny" / "qwen2.5-vl-sft" / "model.safetensors")
            for run in (demo_run, demo_run_two_threads)]
     assert all(sft[0][k].equal(sft[1][k]) for k in sft[0])
+
+
+def test_eval_cqbench_on_the_run_folder_compares_the_adapter_with_its_base_as_the_run_did(demo_run, tmp_path):
+    """`mmpc-rl eval cqbench adapter=RUN_DIR` alone: the base, prompt, dtype and items come from the run, so its base
+    arm scores what the run's "before" scored and its adapter arm what "after" scored; the adapter names its base by
+    the recipe's id, not by a cache folder of this machine."""
+    from mmpc_rl.eval.cqbench import main, model_key
+
+    assert json.loads((demo_run / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "tiny://qwen2.5-vl-sft"
+    out = tmp_path / "cq"
+    assert main([f"adapter={demo_run}", f"output_dir={out}", "progress=false"]) == 0
+    assert "# CQBench: base vs LoRA" in (out / "lora_vs_base.md").read_text()
+    results = json.loads((out / "results.json").read_text())["results"]
+    base = results["tiny-qwen2.5-vl-sft"]["i2t"]
+    lora = results[f"tiny-qwen2.5-vl-sft+{model_key(str(demo_run))}"]["i2t"]
+    for arm, tag in ((base, "before"), (lora, "after")):
+        run = json.loads((demo_run / "cqbench" / tag / "summary.json").read_text())
+        assert arm["n_items"] == run["n_items"] and arm["prompt"] == run["prompt"]
+        for metric in TEXT_METRICS:
+            assert arm["summary"][metric]["mean"] == pytest.approx(run["summary"][metric]["mean"], abs=1e-9), metric

@@ -87,7 +87,7 @@ def test_a_missing_wheel_is_named_before_any_section_runs(tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["suite=cpu"], "valid choices: gpu"),
     (["suite=gpu", "sections=[project,render]"], "unknown section 'render'"),
-    (["suite=gpu", "dry=maybe"], "bad option"),
+    (["suite=gpu", "dry=maybe"], "dry must be true or false, got 'maybe'"),
 ])
 def test_option_errors_are_one_line(argv, needle):
     from mmpc_rl.bench.gpu_check import parse

@@ -37,3 +37,74 @@ def test_bad_middle_line_is_skipped_not_truncated(tmp_path, caplog):
     assert path.read_text() == "".join(lines)  # only the torn tail went
     append_jsonl(path, {"i": 5})
     assert [r["i"] for r in read_jsonl(path)] == [0, 1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------------------------------ the output folder
+def test_output_folder_os_errors_name_the_folder_and_the_reason(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.io import prepare_output_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=rf"^output folder {tmp_path / 'file'}: exists and is not a directory$"):
+        prepare_output_dir(tmp_path / "file")
+    with pytest.raises(DataError, match=r": not a directory$"):
+        prepare_output_dir(tmp_path / "file" / "run")
+    with pytest.raises(DataError, match=r"^output folder .*\.\.\..*: name too long$"):
+        prepare_output_dir(tmp_path / ("x" * 300))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
+
+    monkeypatch.setattr("tempfile.NamedTemporaryFile", read_only)  # root writes through chmod: fake the mount
+    with pytest.raises(DataError, match=rf"^output folder {tmp_path / 'ro'}: read-only file system$"):
+        prepare_output_dir(tmp_path / "ro")
+
+
+def test_no_write_follows_a_symlink_out_of_the_output_folder(tmp_path):
+    import os
+
+    import pytest
+
+    from mmpc_rl.errors import DataError
+    from mmpc_rl.io import atomic_write_text, prepare_output_dir
+
+    out, outside = tmp_path / "run", tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    out.mkdir()
+    (out / "inside.txt").write_text("x")
+    os.symlink(out / "inside.txt", out / "ok-link")  # inside the folder: allowed
+    assert prepare_output_dir(out) == out
+    os.symlink(outside, out / "metrics.jsonl")
+    with pytest.raises(DataError, match=r"metrics.jsonl is a symbolic link to .*precious.txt, outside the folder"):
+        prepare_output_dir(out)
+    with pytest.raises(OSError):  # an append never follows it
+        append_jsonl(out / "metrics.jsonl", {"step": 1})
+    atomic_write_text(out / "metrics.jsonl", "new\n")  # a whole-file write replaces the link
+    assert outside.read_text() == "keep me\n" and not (out / "metrics.jsonl").is_symlink()
+    os.symlink(tmp_path, out / "checkpoint-2")
+    with pytest.raises(DataError, match="checkpoint-2 is a symbolic link"):
+        prepare_output_dir(out)
+
+
+def test_a_full_disk_is_named_even_when_torch_does_not_say_so(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from mmpc_rl.io import write_failure
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100, 100, 0))
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                               "PytorchStreamWriter failed writing file data/0: file write failed")
+    assert str(write_failure(torch_error, tmp_path)).startswith(
+        f"cannot write to {tmp_path}: no space left on device (0 MiB free); free some space and resume")
+    enospc = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+    assert str(write_failure(enospc, tmp_path)) == (f"cannot write to {tmp_path}: {tmp_path / 'x'}: "
+                                                    "no space left on device")
+    assert write_failure(RuntimeError("shape mismatch"), tmp_path) is None
+    assert write_failure(OSError(errno.EACCES, "denied", "/elsewhere/x"), tmp_path) is None

@@ -248,3 +248,25 @@ def test_tiny_names_resolve_in_a_fresh_cli_process(tiny_qwen):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["settings"]["trainable_params"] > 0
+
+
+def test_pixel_bounds_bind_the_image_processor_without_a_deprecation_warning_per_call(tiny_qwen):
+    """Given to from_pretrained, max_pixels rides along as an argument of every processor call: a FutureWarning each
+    time, and bounds that transformers means to drop. Set on the image processor, they bind with no warning."""
+    import warnings
+
+    from PIL import Image
+
+    from mmpc_rl.models.policy import load_processor
+
+    image = Image.new("RGB", (640, 480))
+    text = ["<|vision_start|><|image_pad|><|vision_end|>a product"]
+    grids = {}
+    for bound in (None, 28 * 28 * 8):
+        proc = load_processor(ModelConfig(name_or_path=str(tiny_qwen), max_pixels=bound))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grids[bound] = proc(text=text, images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+        assert not [w for w in caught if issubclass(w.category, FutureWarning)], bound
+    pixels = {bound: grid[1] * grid[2] * 14 * 14 for bound, grid in grids.items()}  # 14-px patches
+    assert pixels[28 * 28 * 8] <= 28 * 28 * 8 < pixels[None]

@@ -184,6 +184,10 @@ def test_curves_cli_one_line_errors(tmp_path):
         curves.main([f"dir={tmp_path}"])
     with pytest.raises(ConfigError, match="no training records"):
         curves.main([f"out={tmp_path}"])
+    # a record without a step (hand-made, another tool's) is left off the axis, not a KeyError
+    (tmp_path / "metrics.jsonl").write_text('{"reward": 0.5}\n{"step": "x", "loss": 1}\n{"step": 1, "reward": 0.7}\n'
+                                            '{"step": 2, "reward": 0.9, "cqbench/gold/token_overlap": 0.1}\n')
+    assert curves.main([f"out={tmp_path}"]) == 0 and (tmp_path / "reward_curves.png").is_file()
 
 
 # ------------------------------------------------------------------------------ a real offline W&B run of demo-i2t
@@ -329,3 +333,107 @@ def test_wandb_dir_from_the_environment_is_honoured(tmp_path, monkeypatch):
         wandb.finish()
     assert list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*"))
     assert not (out / "wandb").exists() and (out / "wandb_run_id.txt").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- console
+def test_only_credentials_are_redacted():
+    from mmpc_rl.train.run_config import scrub, scrub_argv
+
+    tree = {"trainer": {"hub_token": "hf_x", "max_completion_length": 24, "push_to_hub_token": None},
+            "eval": {"max_new_tokens": 128}, "wandb": {"api_key": "k", "tags": ["token"]},
+            "model": {"pad_token": "<pad>"}, "rewards": {"r": {"max_tokens": 8, "secret": "s"}}}
+    assert scrub(tree) == {"trainer": {"hub_token": "<redacted>", "max_completion_length": 24,
+                                       "push_to_hub_token": None},
+                           "eval": {"max_new_tokens": 128}, "wandb": {"api_key": "<redacted>", "tags": ["token"]},
+                           "model": {"pad_token": "<pad>"},
+                           "rewards": {"r": {"max_tokens": 8, "secret": "<redacted>"}}}
+    assert scrub_argv(["eval.max_new_tokens=64", "trainer.hub_token=hf_x", "wandb.api_key=k"]) == [
+        "eval.max_new_tokens=64", "trainer.hub_token=<redacted>", "wandb.api_key=<redacted>"]
+
+
+def test_each_step_is_one_compact_console_line(capsys):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from mmpc_rl.train.progress import CompactPrinter, CompactProgress, compact_console, progress_line
+
+    state = SimpleNamespace(global_step=3, max_steps=30, is_world_process_zero=True)
+    logs = {"loss": 0.0005, "grad_norm": 1.5234, "learning_rate": 0.005, "num_tokens": 5120.0,
+            "completions/mean_length": 17.04, "completions/max_length": 24.0, "rewards/json_format/mean": 0.5,
+            "rewards/json_format/std": 0.5, "rewards/minilm_cosine/mean": 0.107, "reward": 0.714,
+            "reward_std": 0.42, "frac_reward_zero_std": 0.0, "kl": 0.0155, "entropy": 5.1, "step_time": 15.63,
+            "epoch": 0.1}
+    line = progress_line(state, logs)
+    assert line == ("step 3/30  reward 0.714 (json_format 0.500, minilm_cosine 0.107)  kl 0.0155  loss 0.0005  "
+                    "grad 1.52  len 17.0  s/step 15.6")
+    assert progress_line(state, {"cqbench/after/token_overlap": 0.1}) is None
+    assert progress_line(state, {"train_runtime": 64.0, "train_loss": 0.1}) is None
+
+    class Trainer:  # the two methods compact_console uses (transformers.Trainer's)
+        def __init__(self, *callbacks):
+            self.callbacks = list(callbacks)
+
+        def pop_callback(self, cls):
+            found = next((c for c in self.callbacks if isinstance(c, cls) and type(c) is cls), None)
+            if found is not None:
+                self.callbacks.remove(found)
+            return found
+
+        def add_callback(self, cls):
+            self.callbacks.append(cls())
+
+    for default, compact in ((ProgressCallback, CompactProgress), (PrinterCallback, CompactPrinter)):
+        trainer = Trainer(default())
+        compact_console(trainer)
+        assert [type(c) for c in trainer.callbacks] == [compact]
+    CompactPrinter().on_log(None, state, None, logs=logs)
+    assert capsys.readouterr().out == line + "\n"
+
+
+def test_a_warning_repeated_every_batch_is_shown_once_and_short():
+    import logging
+
+    from mmpc_rl.console import OnceFilter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    handler.addFilter(OnceFilter())
+    log = logging.getLogger("diffusers.test_once")
+    log.addHandler(handler)
+    try:
+        for i in range(24):
+            log.warning("The following part of your input was truncated because CLIP can only handle sequences up "
+                        f"to 77 tokens: ['title {i} " + "<|endoftext|>" * 60 + "']")
+        log.warning("another warning: shown too")
+        ours = logging.getLogger("mmpc_rl.test_once")  # a handler may be shared (the root's): our warnings all pass
+        ours.addHandler(handler)
+        for i in range(3):
+            ours.warning(f"mmpc-rl: warning {i}")
+        ours.removeHandler(handler)
+    finally:
+        log.removeHandler(handler)
+    assert records[2:] == ["mmpc-rl: warning 0", "mmpc-rl: warning 1", "mmpc-rl: warning 2"]
+    records = records[:2]
+    assert len(records) == 2
+    assert records[0].startswith("The following part of your input was truncated") and len(records[0]) < 320
+    assert "<|endoftext|> x60" in records[0] and records[0].endswith("(shown once)")
+
+
+def test_the_trainer_arguments_raise_no_deprecation_warning():
+    import warnings
+
+    from mmpc_rl.config import load_recipe
+    from mmpc_rl.train.trl_config import build_grpo_config
+
+    for extra, on in (([], True), (["trainer.gradient_checkpointing=false"], False),
+                      (["trainer.activation_checkpointing=false"], False)):
+        recipe = load_recipe(["recipe=demo-i2t", *extra])
+        assert recipe.trainer.get("gradient_checkpointing", True) is on  # one name for the planner and the layout
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            args = build_grpo_config(recipe)
+        assert args.gradient_checkpointing is args.activation_checkpointing is on

@@ -152,6 +152,7 @@ def test_cqbench_gives_a_gemma_model_the_authors_gemma_prompt(tmp_path, monkeypa
 
     monkeypatch.setattr(cqbench, "load_policy", lambda mc, **kw: load_policy(
         ModelConfig(name_or_path="tiny://qwen2.5-vl", dtype="float32"), cpu=True))
+    monkeypatch.setattr(cqbench, "resolve_model_path", lambda name, **kw: name)  # the id is not on disk here
     seen = []
     real = runner.generate_batch
     monkeypatch.setattr(runner, "generate_batch", lambda m, p, task, items, **kw: seen.append(task.prompt) or real(

@@ -196,12 +196,14 @@ def test_load_category_mmrec_rules(tmp_path):
     folder = make_category(tmp_path, "Toy", n_users=12, n_items=9, n_interactions=70)
     inter = folder / "toy.inter"
     inter.write_text(inter.read_text() + "12\t3\t5.0\t1\t2\n")  # a test row of a user with no training row
+    umap = folder / "u_id_mapping.csv"
+    umap.write_text(umap.read_text() + "U000012,12\n")
     data = load_category(tmp_path, "Toy")
     assert data.n_users == 13 and data.n_items == 9 and data.dropped_cold == 1
     assert len(data.train) + len(data.valid) + len(data.test) == 70
     assert chronological_labels(5) == [0, 0, 0, 1, 2] and chronological_labels(10) == [0] * 8 + [1, 2]
     inter.write_text("userID\titemID\tx_label\n0\tx\t0\n")
-    with pytest.raises(DataError, match=r"toy.inter:2"):
+    with pytest.raises(DataError, match=r"no usable interactions: 1 malformed line\(s\), e.g. toy.inter:2"):
         read_inter(inter)
     with pytest.raises(DataError, match="no RecBench folder"):
         load_category(tmp_path, "Nope")
@@ -257,3 +259,39 @@ def test_table6_never_counts_a_baseline_as_the_best_completion():
     assert t6["t2i"]["rel_diff_best"] is None and t6["t2i"]["completions"] == []
     md = table6_markdown(t6)
     assert "| t2i | Rel. Diff. best (vs. GT) | n/a (no completion)" in md
+
+
+def test_ids_beyond_the_mappings_are_counted_before_anything_is_sized_from_them(tmp_path, capsys):
+    import tracemalloc
+
+    folder = make_category(tmp_path, "Toy", n_users=12, n_items=9, n_interactions=70)
+    inter = folder / "toy.inter"
+    inter.write_text(inter.read_text() + "1000000000\t3\t5.0\t1\t0\n"  # one stray user id: 1e9 rows of tables
+                     "3\t4000000000\t5.0\t1\t0\nx\ty\t5.0\t1\t0\n3\t-1\t5.0\t1\t0\n2\t2\t5.0\t1\t7\n3\n")
+    tracemalloc.start()
+    data = load_category(tmp_path, "Toy")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20  # a table sized by the stray id would be gigabytes
+    assert (data.n_users, data.n_items) == (12, 9)
+    assert data.malformed["reasons"] == {"not_integer_userID_itemID_x_label": 2, "negative_id": 1,
+                                         "x_label_not_0_1_2": 1, "user_id_beyond_mapping": 1,
+                                         "item_id_beyond_mapping": 1}
+    assert data.summary()["malformed_lines"] == 6
+    assert "Toy: skipped 6 malformed line(s) of toy.inter" in capsys.readouterr().out
+    for name in ("u_id_mapping.csv", "i_id_mapping.csv"):  # without mappings, the row count bounds a dense id
+        (folder / name).unlink()
+    assert load_category(tmp_path, "Toy").malformed["reasons"]["user_id_beyond_mapping"] == 1
+
+
+def test_a_category_without_validation_or_test_rows_is_an_error_naming_it(tmp_path):
+    folder = make_category(tmp_path, "Toy", n_users=12, n_items=9, n_interactions=70)
+    inter = folder / "toy.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(line for line in lines if not line.endswith("\t2")) + "\n")
+    with pytest.raises(DataError, match=r"^Toy: no test rows \(x_label 2\) in .*toy.inter: every RecBench metric"):
+        load_category(tmp_path, "Toy")
+    (folder / "items.jsonl").write_text('{"itemID": 0}\n[1, 2]\n')
+    inter.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"items.jsonl:2: expected a JSON object"):
+        load_category(tmp_path, "Toy")

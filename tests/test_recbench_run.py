@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli_main(["recbench", f"data_dir={tmp_path}", "grid.VBPR.lr=[1]"]) == 2
     assert "grid.VBPR.lr is not a grid key" in capsys.readouterr().err
     assert cli_main(["recbench", "epochs=abc"]) == 2
-    assert "could not be converted to Integer" in capsys.readouterr().err
+    assert "epochs must be a whole number, got 'abc'" in capsys.readouterr().err
 
 
 def test_single_values_for_list_options():

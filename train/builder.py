@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,11 +10,13 @@ from datasets import Dataset, Image
 from trl import GRPOTrainer
 
 from mmpc_rl.config import Recipe, thaw
+from mmpc_rl.console import quiet_repeated_warnings
 from mmpc_rl.data import load_items
-from mmpc_rl.data.skips import drop_undecodable_images
+from mmpc_rl.data.skips import drop_unusable_images, usable_items
 from mmpc_rl.errors import ConfigError, DataError
 from mmpc_rl.eval.scorers import build_scorers
 from mmpc_rl.eval.settings import scoring_settings, settings_record
+from mmpc_rl.io import atomic_write_json, prepare_output_dir
 from mmpc_rl.models import load_adapter_weights, load_policy
 from mmpc_rl.plan import device_gb, plan_recipe
 from mmpc_rl.plan.recipe import layout_overrides, trainer_value
@@ -33,6 +36,7 @@ from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
 from mmpc_rl.train.decoding import enable_compiled_decoding, one_input_grads_hook
 from mmpc_rl.train.instrument import CompletionRecorder, RewardCheck, instrument_rewards
+from mmpc_rl.train.progress import compact_console
 from mmpc_rl.train.run_config import save_config
 from mmpc_rl.train.run_folder import claim_run_folder, continue_layout
 from mmpc_rl.train.trl_config import build_grpo_config, build_lora_config
@@ -90,6 +94,23 @@ def keep_trainable_fp32(model) -> int:
             param.data = param.data.float()
             cast += param.numel()
     return cast
+
+
+def portable_adapter_base(trainer, base: str) -> None:
+    """Every save's adapter_config.json names the base as the recipe did (a hub id, `tiny://NAME`, a folder), not the
+    cache folder it loaded from, which exists on this machine only; `mmpc-rl eval cqbench adapter=DIR` reads it.
+    Rewritten after PEFT's save: PEFT itself reads the field while saving, to look for the base's config.json."""
+    original = trainer._save
+
+    def _save(output_dir=None, state_dict=None):
+        result = original(output_dir, state_dict=state_dict)
+        path = Path(output_dir if output_dir is not None else trainer.args.output_dir) / "adapter_config.json"
+        if trainer.args.should_save and path.is_file():
+            config = json.loads(path.read_text())
+            atomic_write_json(path, {**config, "base_model_name_or_path": base})
+        return result
+
+    trainer._save = _save
 
 
 def policy_device_map(args, model_cfg, cpu: bool):
@@ -156,8 +177,8 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
         torch.set_num_threads(recipe.model.cpu_threads)  # for the whole run: every number of it depends on it
     task = get_task(recipe.task, recipe.data.prompt)
     args = build_grpo_config(recipe)
+    prepare_output_dir(args.output_dir)  # writable, no link out of it: one line before anything else
     lock = claim_run_folder(recipe, args)  # one run per folder: locked, another run's files refused or cleared
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
         save_config(recipe, args.output_dir)
     prepare_args(args, task)
@@ -167,7 +188,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     args.reward_weights = list(rewards.weights)  # TRL pairs weights with functions by position: from one set
     recorder = CompletionRecorder()  # per-reward timings + the completions table, fed by wrapping each reward
     train_dataset = train_dataset if train_dataset is not None else build_dataset(recipe, task)
-    train_dataset = drop_undecodable_images(train_dataset, args.output_dir)  # counted skip, not a crash
+    train_dataset = drop_unusable_images(train_dataset, args.output_dir)  # counted skip, not a crash
     model, processor = policy if policy is not None else build_policy(recipe, args)
     cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
     run_end = RunEnd()
@@ -188,6 +209,9 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
         enable_compiled_decoding(trainer, mode=recipe.model.compiled_decoding, backend=recipe.model.compile_backend)
     no_pickled_args(trainer)
     own_model_card(trainer)  # output_dir/README.md is ours at every save and hub push, not TRL's generic card
+    compact_console(trainer)  # one short line per step; every number is in metrics.jsonl (and W&B)
+    quiet_repeated_warnings()  # a library warning repeated every batch is shown once
+    portable_adapter_base(trainer, recipe.model.name_or_path)
     for cb in [cqbench, *watch]:
         if hasattr(cb, "bind"):
             cb.bind(trainer)
@@ -206,6 +230,7 @@ def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchC
             raise ConfigError("eval.enabled on a text->image recipe needs a reward that renders (sd35_clip)")
     items = load_items(data.path, split=ev.split, categories=ev.categories or data.categories,
                        limit_per_category=ev.items_per_category, seed=data.seed, cache_dir=data.cache_dir)
+    items = usable_items(items, policy=task.uses_image_input)  # counted skip, not a crash at the "after" pass
     scorers = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers,
                             lpips=ev.lpips, clip=ev.clip, renderer=renderer)
     # the "before" pass's fingerprint, so that a resumed run reuses it only when it is of this base and these settings

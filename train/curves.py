@@ -56,8 +56,15 @@ def smoothing_window(n: int) -> int:
     return max(3, round(n * SMOOTH_FRACTION)) | 1
 
 
+def step_records(output_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's records; one without a numeric step (a hand-edited or foreign file) has no place on the x axis
+    and is left out."""
+    return [r for r in read_jsonl(Path(output_dir) / "metrics.jsonl")
+            if isinstance(r.get("step"), (int, float)) and not isinstance(r.get("step"), bool)]
+
+
 def training_records(output_dir: str | Path) -> list[dict]:
-    return [r for r in read_jsonl(Path(output_dir) / "metrics.jsonl") if "reward" in r or "loss" in r]
+    return [r for r in step_records(output_dir) if "reward" in r or "loss" in r]
 
 
 def series(recs: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -173,7 +180,7 @@ def _pyplot():
 def plot_curves(output_dir: str | Path, path: str | Path | None = None) -> Path | None:
     """OUTPUT_DIR/reward_curves.png (or `path`) from metrics.jsonl: total reward and each term, the CQBench gold curve
     beside it, KL, completion length, zero-std fraction, format failures, timings. None when nothing was logged."""
-    every = list(read_jsonl(Path(output_dir) / "metrics.jsonl"))
+    every = step_records(output_dir)
     recs = [r for r in every if "reward" in r or "loss" in r]
     if not recs:
         return None
@@ -217,6 +224,8 @@ def run_title(output_dir: Path) -> str | None:
 
 @dataclass
 class CurvesOptions:
+    """Redraw OUTPUT_DIR/reward_curves.png from OUTPUT_DIR/metrics.jsonl (also while the run trains)."""
+
     out: str | None = None  # a run's trainer.output_dir
     reward_only: bool = False  # the reward panel alone
     png: str | None = None  # where to write (default: OUT/reward_curves.png, or OUT/reward.png with reward_only)
@@ -224,10 +233,10 @@ class CurvesOptions:
 
 def main(argv: list[str]) -> int:
     """`mmpc-rl curves out=DIR [reward_only=true] [png=PATH]`: (re)draw a run's curves from DIR/metrics.jsonl."""
-    usage = "usage: out=OUTPUT_DIR (a run's trainer.output_dir) [reward_only=true] [png=PATH]; valid keys: out, " \
-            "reward_only, png"
+    usage = "usage: mmpc-rl curves out=OUTPUT_DIR (a run's trainer.output_dir) [reward_only=true] [png=PATH]; " \
+            "valid keys: out, reward_only, png"
     try:
-        opts = parse_options(CurvesOptions, argv, "mmpc-rl curves")
+        opts = parse_options(CurvesOptions, argv, "mmpc-rl curves", usage=usage)
     except ConfigError as e:
         raise ConfigError(f"{e}; {usage}") from None
     if not opts.out:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mmpc_rl.errors import run_cli
+from mmpc_rl.io import prepare_output_dir, write_failure
 from mmpc_rl.lock import release_folder
 from mmpc_rl.train.cuda_check import refuse_cpu_training
 from mmpc_rl.train.recipe import load_training_recipe
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         print(f"mmpc-rl: {done}")
         return 0
+    prepare_output_dir(recipe.trainer["output_dir"])  # writable, no link out of it: before seconds of imports
 
     # TRL and the model stack: ~8 s of imports, after the checks
     from mmpc_rl.train.builder import build_trainer, check_resumed_adapter, finish_again
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             check_resumed_adapter(trainer, checkpoint)
             # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
             trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as e:  # a full disk mid-checkpoint is one line that says so (torch's C++ writer does not)
+        failure = write_failure(e, recipe.trainer["output_dir"])
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         release_folder(recipe.trainer["output_dir"])
     if trainer.is_world_process_zero():

@@ -78,6 +78,20 @@ class CompletionRecorder:
         self.batch["rewards"][name] = [None if s is None else float(s) for s in scores]
 
 
+def check_scores(name: str, scores, n: int) -> None:
+    """A reward returns one number (or None: no opinion) per completion; anything else stops the run at once with
+    one line naming the reward, not a TypeError from deep inside TRL's reward tensor."""
+    if not isinstance(scores, (list, tuple)) or len(scores) != n:
+        got = f"{type(scores).__name__} of {len(scores)}" if isinstance(scores, (list, tuple)) else repr(scores)[:80]
+        raise ConfigError(f"reward {name!r} returned {got} for {n} completions: a reward returns a list of one "
+                          "float (or None) per completion")
+    bad = next((s for s in scores if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))
+                                                        and not hasattr(s, "__float__"))), None)
+    if bad is not None:
+        raise ConfigError(f"reward {name!r} returned {bad!r} ({type(bad).__name__}) among its scores: a reward "
+                          "returns floats (or None)")
+
+
 class RewardCheck:
     """Per reward, over one generation batch: how many completions it scored with a non-finite number, how many with
     None, and of how many (`see`, from the wrapped rewards). `attach(trainer)` checks each batch after TRL scored it,
@@ -154,6 +168,7 @@ def _wrap(reward, recorder, batch_check=None, check=None):
     is_async = inspect.iscoroutinefunction(reward) or inspect.iscoroutinefunction(type(reward).__call__)
 
     def after(t0, kwargs, prompts, completions, scores):
+        check_scores(name, scores, len(completions))
         if check is not None:
             check.see(name, scores)
         if kwargs.get("log_metric") is not None:

@@ -8,29 +8,30 @@ that fits), 2 on bad input."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mmpc_rl.errors import ConfigError
+from mmpc_rl.checks import at_least, greater_than, one_of
 from mmpc_rl.options import parse_options
 from mmpc_rl.plan import plan_recipe
 from mmpc_rl.rewards import reward_memory
 from mmpc_rl.train.recipe import load_training_recipe
 
+USAGE = ("usage: mmpc-rl plan recipe=NAME [gpu_gb=80] [image_px=N] [prompt_tokens=N] [format=text|json] "
+         "[key=value ...]\n(docs/memory.md)")
+
 
 @dataclass
 class PlanOptions:
-    gpu_gb: float = 80.0  # the paper: "All experiments are conducted on a single 80 GB H100 GPU"
-    image_px: int | None = None  # side of the (square) product image; None: an image at the model.max_pixels cap
-    prompt_tokens: int | None = None  # prompt text tokens; None: estimated from the task's prompt
-    format: str = "text"  # text | json
+    """The predicted peak GPU memory of one GRPO step of a recipe, its breakdown and whether it fits (exit 0 when it
+    fits, 1 when it does not, 2 on bad input); nothing is loaded or downloaded."""
 
-
-def usage() -> str:
-    import dataclasses
-
-    keys = [f"  {f.name}={f.default}" for f in dataclasses.fields(PlanOptions)]
-    return "\n".join([__doc__.strip(), "", "options (default):", *keys,
-                      "  recipe=NAME and any recipe key as section.key=value (docs/memory.md)"])
+    # the paper: "All experiments are conducted on a single 80 GB H100 GPU"
+    gpu_gb: float = field(default=80.0, metadata=greater_than(0))
+    # side of the (square) product image; None: an image at the model.max_pixels cap
+    image_px: int | None = field(default=None, metadata=at_least(1))
+    # prompt text tokens; None: estimated from the task's prompt
+    prompt_tokens: int | None = field(default=None, metadata=at_least(1))
+    format: str = field(default="text", metadata=one_of("text", "json"))
 
 
 def render_text(result, recipe_name: str) -> str:
@@ -51,14 +52,7 @@ def render_text(result, recipe_name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
-        return 0
-    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True)
-    if opts.format not in ("text", "json"):
-        raise ConfigError(f"format={opts.format!r}; valid choices: text, json")
-    if opts.gpu_gb <= 0:
-        raise ConfigError(f"gpu_gb must be positive, got {opts.gpu_gb}")
+    opts, rest = parse_options(PlanOptions, list(argv), "mmpc-rl plan", recipe_keys=True, usage=USAGE)
     recipe = load_training_recipe(rest)
     result = plan_recipe(recipe, opts.gpu_gb, models=reward_memory(recipe.rewards), image_px=opts.image_px,
                          prompt_tokens=opts.prompt_tokens)

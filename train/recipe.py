@@ -11,10 +11,11 @@ from importlib import metadata
 
 from packaging.version import Version
 
-from mmpc_rl.config import Recipe, load_recipe
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.config import SECTION_SCHEMAS, Recipe, list_recipes, load_recipe, recipe_values
+from mmpc_rl.errors import ConfigError, MMPCError, ShowHelp, did_you_mean
 from mmpc_rl.eval.metrics import metrics_for
-from mmpc_rl.rewards import validate_rewards
+from mmpc_rl.options import key_lines, split_pairs, wants_help
+from mmpc_rl.rewards import REGISTRY, options_of, validate_rewards
 from mmpc_rl.train.decoding import resolve_backend
 
 # What TRL 1.16 accepts (trl/import_utils.py is_vllm_available); every vLLM in it pins its own torch/transformers.
@@ -74,7 +75,46 @@ def check_gold_settings(recipe: Recipe) -> None:
                           "patience counts evaluations)")
 
 
+USAGE = """usage: mmpc-rl train recipe=NAME|FILE.yaml [section.key=value ...]
+       mmpc-rl demo [section.key=value ...]          (recipe=demo-i2t, on CPU)
+       python train/grpo.py ... | accelerate launch train/grpo.py ...   (the same arguments)"""
+SECTION_ABOUT = {"model": "how the policy loads", "data": "the items trained on",
+                 "eval": "CQBench before/after training (and every eval.every_n_steps: the gold curve)",
+                 "early_stop": "stop when a metric stops improving",
+                 "wandb": "the W&B run (with trainer.report_to=[wandb])"}
+
+
+def recipe_help(argv: list[str], default: str | None = None) -> str:
+    """`--help` of a training command: the recipes, then every section's keys with the named recipe's values (the
+    dataclass defaults where it sets none), the lora/trainer mappings it sets and the rewards there are."""
+    args = [a for a in argv if a not in ("-h", "--help")]
+    name = next((v for k, v in reversed(split_pairs(args)) if k == "recipe"), None) or default
+    try:
+        tree = recipe_values(name) if name else {}
+    except MMPCError:
+        name, tree = None, {}
+    lines = [USAGE, "", "recipes: " + ", ".join(list_recipes()) + " (or a .yaml file that may `inherit:` one)",
+             f"values shown: {'recipe ' + name if name else 'the defaults'} (recipe=NAME --help shows another)", ""]
+    for section, schema in SECTION_SCHEMAS.items():
+        lines += [f"{section}.*  {SECTION_ABOUT.get(section, '')}",
+                  *key_lines(schema, f"{section}.", tree.get(section) or {}), ""]
+    for section, what in (("lora", "peft.LoraConfig"), ("trainer", "trl.GRPOConfig")):
+        given = tree.get(section) or {}
+        lines.append(f"{section}.*  any {what} field" + ("; the recipe sets:" if given else ""))
+        lines += [f"  {section}.{k} = {v}" for k, v in given.items()]
+    rewards = tree.get("rewards") or {}
+    lines += ["", "rewards.<name>.weight and rewards.<name>.<option>; rewards.<name>=null drops one"
+              + (f" (the recipe has: {', '.join(rewards)})" if rewards else ""), "registered rewards:"]
+    for reward, spec in sorted(REGISTRY.items()):
+        tasks = ", ".join(spec.tasks) or "any task"
+        lines.append(f"  {reward} ({tasks}): options {', '.join(options_of(spec)) or 'none'}")
+    lines += ["", "a reward from outside the package: rewards.package.module:function.weight=1"]
+    return "\n".join(lines)
+
+
 def load_training_recipe(argv: list[str] | None = None, default: str | None = None) -> Recipe:
+    if wants_help(list(argv or [])):
+        raise ShowHelp(recipe_help(list(argv or []), default))
     recipe = load_recipe(argv, default)
     validate_rewards(recipe.rewards, recipe.task)
     check_vllm(recipe)

@@ -12,26 +12,33 @@ from omegaconf import OmegaConf
 from mmpc_rl.config import Recipe
 from mmpc_rl.io import atomic_write_text
 
-SECRET_MARKERS = ("token", "api_key", "apikey", "password", "secret")
+# Key names whose values are credentials: GRPOConfig's `hub_token`, a W&B or hub key given where it does not belong.
+# By name, not by substring: `max_new_tokens`, `pad_token` and `max_completion_length` are settings, and a saved
+# config must show them.
+SECRET_KEYS = frozenset({"hub_token", "push_to_hub_token", "token", "hf_token", "access_token", "auth_token",
+                         "api_key", "apikey", "wandb_api_key", "openai_api_key", "password", "passwd", "secret",
+                         "secret_key", "client_secret", "private_key"})
+
+
+def is_secret(key: Any) -> bool:
+    return str(key).lower().rsplit(".", 1)[-1] in SECRET_KEYS
 
 
 def scrub(node: Any) -> Any:
-    """Drop values whose key looks like a secret."""
+    """Drop the values of credential keys (SECRET_KEYS)."""
     if isinstance(node, dict):
-        return {k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and v else scrub(v))
-                for k, v in node.items()}
+        return {k: ("<redacted>" if is_secret(k) and v else scrub(v)) for k, v in node.items()}
     if isinstance(node, list):
         return [scrub(v) for v in node]
     return node
 
 
 def scrub_argv(argv: list[str]) -> list[str]:
-    """`key=value` arguments with the values of secret-looking keys redacted (as `scrub` does to a tree)."""
+    """`key=value` arguments with the values of credential keys redacted (as `scrub` does to a tree)."""
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
-        secret = eq and value and any(m in key.split(".")[-1].lower() for m in SECRET_MARKERS)
-        out.append(f"{key}=<redacted>" if secret else arg)
+        out.append(f"{key}=<redacted>" if eq and value and is_secret(key) else arg)
     return out
 
 

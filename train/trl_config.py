@@ -7,8 +7,11 @@ import torch
 from peft import LoraConfig
 from trl import GRPOConfig
 
+from mmpc_rl.checks import TRAINER_ALIASES
 from mmpc_rl.config import Recipe, thaw
 from mmpc_rl.errors import ConfigError
+
+TRAINER_ALIASES_NEW = {old: new for new, old in TRAINER_ALIASES.items()}
 
 
 def build_lora_config(recipe: Recipe) -> LoraConfig | None:
@@ -41,6 +44,12 @@ def build_grpo_config(recipe: Recipe) -> GRPOConfig:
             opts[key] = "no" if value is False else "steps"  # YAML 1.1 reads `no` as false
     if opts.get("report_to") in (None, [], "none"):
         opts["report_to"] = "none"
+    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn on every run);
+    # TRL's own default (True) is kept when the recipe says nothing, and TRL reads the old names, which transformers
+    # sets to mirror the new ones
+    for old, new in TRAINER_ALIASES_NEW.items():
+        value = opts.pop(old, True if old == "gradient_checkpointing" else None)
+        opts[new], opts[old] = value, None
     try:
         return GRPOConfig(**opts)
     except (TypeError, ValueError) as e:

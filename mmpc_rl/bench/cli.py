@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmpc_rl.bench.grpo_options import parse_bench_options, ratios
 from mmpc_rl.errors import ConfigError, run_cli
-from mmpc_rl.io import atomic_write_json
+from mmpc_rl.io import atomic_write_json, prepare_output_dir
 from mmpc_rl.train.recipe import load_training_recipe
 
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_training_recipe([f"recipe={opts.recipe}", *overrides])  # a bad recipe fails before a model loads
     if recipe.task != "i2t":
         raise ConfigError(f"the benchmark runs image->text recipes; recipe {opts.recipe!r} is task {recipe.task!r}")
+    prepare_output_dir(opts.out)
 
     import torch  # after the recipe checks: torch + the model stack cost seconds
 

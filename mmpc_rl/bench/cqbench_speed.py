@@ -14,6 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+from mmpc_rl.checks import at_least, one_of
 from mmpc_rl.config import ModelConfig
 from mmpc_rl.data import load_items
 from mmpc_rl.errors import ConfigError
@@ -26,12 +27,15 @@ from mmpc_rl.tasks import get_task
 
 @dataclass
 class SpeedConfig:
+    """Image->text generation throughput, batched vs one item at a time; every item generates max_new_tokens."""
+
     model: str = "tiny://qwen2.5-vl"
-    shape: str | None = None  # "7b": random Qwen2.5-VL-7B-shaped weights instead of `model`
-    items: int = 16
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    max_new_tokens: int = 64
-    dtype: str = "bfloat16"
+    # "7b": random Qwen2.5-VL-7B-shaped weights instead of `model`
+    shape: str | None = field(default=None, metadata=one_of("7b"))
+    items: int = field(default=16, metadata=at_least(1))
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8], metadata=at_least(1))
+    max_new_tokens: int = field(default=64, metadata=at_least(1))
+    dtype: str = "bfloat16"  # auto | bfloat16 | float16 | float32
     data: str = "sample"
     output: str | None = None  # a JSON file for the figures
 
@@ -77,6 +81,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     cfg = parse_options(SpeedConfig, argv, "mmpc-rl eval speed")
+    if not cfg.batch_sizes:
+        raise ConfigError("batch_sizes=[] measures nothing: give at least one batch size")
     pool = load_items(cfg.data, split="cqbench")
     if not pool:
         raise ConfigError(f"no items in {cfg.data}")

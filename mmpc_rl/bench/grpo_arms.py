@@ -204,7 +204,9 @@ def plain_args(recipe: Recipe, opts: BenchOptions, *, device: str, group: int, o
     return GRPOConfig(**{**algorithm, "seed": opts.seed}, output_dir=output_dir, max_steps=opts.warmup + opts.steps,
                       num_generations=group, per_device_train_batch_size=group, max_completion_length=opts.new_tokens,
                       generation_kwargs={"min_new_tokens": opts.new_tokens}, reward_weights=list(reward_weights),
-                      save_strategy="no", report_to="none", logging_steps=1, use_cpu=device == "cpu")
+                      save_strategy="no", report_to="none", logging_steps=1, use_cpu=device == "cpu",
+                      # TRL's default checkpointing (on), under transformers 5's name: the old one warns every run
+                      activation_checkpointing=True, gradient_checkpointing=None)
 
 
 def run_arm(arm: str, recipe: Recipe, opts: BenchOptions, *, processor, dataset, rewards: RewardSet, device: str,

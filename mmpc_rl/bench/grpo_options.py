@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmpc_rl.errors import ConfigError, did_you_mean
+from mmpc_rl.checks import at_least, one_of
+from mmpc_rl.errors import ConfigError
 from mmpc_rl.options import parse_options
 
 ARMS = ("project", "plain")
@@ -17,31 +18,36 @@ ALGORITHM_KEYS = ("learning_rate", "loss_type", "beta", "epsilon", "epsilon_high
 
 @dataclass
 class BenchOptions:
+    """N steps of a recipe on a random-weight model in the real shape: the project arm (a training run of the
+    recipe) vs plain TRL, with the same model, prompts, group size and completion length."""
+
     recipe: str = "i2t"
-    steps: int = 5  # measured steps
-    warmup: int = 1  # steps run first and left out of the figures (compilation, allocator warm-up)
-    shape: str = "real"  # real: Qwen2.5-VL-7B's config with random weights (GPU); tiny: the 190k-parameter model
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
-    new_tokens: int = 128  # every completion is forced to this length in both arms
-    num_generations: int | None = None  # group size G; None: the recipe's
-    image_size: int = 448  # side of the square input image (448 px = 256 image tokens at the real processor)
-    rewards: str = "recipe"  # recipe: the recipe's reward functions; stub: a free length reward (no reward model)
+    steps: int = field(default=5, metadata=at_least(1))  # measured steps
+    # steps run first and left out of the figures (compilation, allocator warm-up)
+    warmup: int = field(default=1, metadata=at_least(0))
+    # real: Qwen2.5-VL-7B's config with random weights (GPU); tiny: the 190k-parameter model
+    shape: str = field(default="real", metadata=one_of(*SHAPES))
+    arms: list[str] = field(default_factory=lambda: list(ARMS), metadata=one_of(*ARMS))
+    # every completion is forced to this length in both arms
+    new_tokens: int = field(default=128, metadata=at_least(1))
+    # group size G; None: the recipe's
+    num_generations: int | None = field(default=None, metadata=at_least(1))
+    # side of the square input image (448 px = 256 image tokens at the real processor)
+    image_size: int = field(default=448, metadata=at_least(28))
+    # recipe: the recipe's reward functions; stub: a free length reward (no reward model)
+    rewards: str = field(default="recipe", metadata=one_of("recipe", "stub"))
     out: str = "outputs/benchmark"
     seed: int = 0
 
 
 def parse_bench_options(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     """Bench options and the recipe overrides (`trainer.x=...`, `lora.r=...`) from recipe-style key=value args."""
-    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True)
-    opts.arms = [opts.arms] if isinstance(opts.arms, str) else list(opts.arms)
-    for name, value, valid in [("shape", opts.shape, SHAPES), ("rewards", opts.rewards, ("recipe", "stub"))]:
-        if value not in valid:
-            raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(valid)}")
-    for arm in opts.arms:
-        if arm not in ARMS:
-            raise ConfigError(f"unknown arm {arm!r}" + did_you_mean(str(arm), ARMS))
-    if opts.steps < 1 or opts.warmup < 0 or opts.new_tokens < 1:
-        raise ConfigError("steps and new_tokens must be >= 1 and warmup >= 0")
+    opts, overrides = parse_options(BenchOptions, argv, "mmpc-rl benchmark", recipe_keys=True,
+                                    usage="usage: mmpc-rl benchmark recipe=i2t [shape=real|tiny] [steps=5] "
+                                          "[key=value ...]\n       mmpc-rl benchmark suite=gpu (the one-shot GPU "
+                                          "check: mmpc-rl benchmark suite=gpu --help)")
+    if not opts.arms:
+        raise ConfigError("arms=[] measures nothing; valid choices: " + ", ".join(ARMS))
     return opts, overrides
 
 def ratios(arms: dict) -> dict:

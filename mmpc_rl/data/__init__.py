@@ -35,11 +35,29 @@ def read_built(out: Path, split: str, categories: list[str] | None) -> list[dict
         if not path.is_file():
             why = " (built without its review file)" if split == "recbench" else ""
             raise DataError(f"{out} has no {split} items for {cat}{why}; categories there: {', '.join(built)}")
+        bad = []
         for row in read_jsonl(path):  # image paths are stored relative to the dataset folder
-            item = ({"parent_asin": row["parent_asin"], "title": row.get("title") or "", "text": row.get("text") or "",
-                     "image": row.get("image"), "category": cat} if split == "recbench" else row)
-            items.append({**item, "image": resolve_image(out, item.get("image"))})
+            item = _item(row, cat, keep_extra=split != "recbench")
+            if item is None:
+                bad.append(row)
+                continue
+            items.append({**item, "image": resolve_image(out, item["image"])})
+        if bad:
+            print(f"mmpc-rl: {path}: skipped {len(bad)} record(s) of the wrong shape (parent_asin text, title/text/"
+                  f"image text or null; e.g. {str(bad[0])[:120]})")
     return items
+
+
+def _item(row: dict, category: str, keep_extra: bool) -> dict | None:
+    """A dataset record as the loaders use it, or None when a field has the wrong type (a hand-made file)."""
+    asin = row.get("parent_asin")
+    if isinstance(asin, bool) or not isinstance(asin, (str, int)) or str(asin) == "":
+        return None
+    if any(row.get(k) is not None and not isinstance(row[k], str) for k in ("title", "text", "image")):
+        return None
+    core = {"parent_asin": str(asin), "title": row.get("title") or "", "text": row.get("text") or "",
+            "image": row.get("image"), "category": category}
+    return {**row, **core} if keep_extra else core
 
 
 # The build a raw folder or the sample gets when none is named: CQBench and RecBench must agree on it to see the

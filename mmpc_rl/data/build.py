@@ -19,7 +19,7 @@ from mmpc_rl.data.reader import CATEGORIES, Stats, categories_in, fetch_meta, fi
 from mmpc_rl.data.schema import TEXT_FIELDS
 from mmpc_rl.data.select import seeded_order, set_sizes
 from mmpc_rl.errors import ConfigError, DataError
-from mmpc_rl.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mmpc_rl.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_output_dir
 
 HF_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 DEFAULTS: dict[str, object] = {
@@ -31,7 +31,7 @@ DEFAULTS: dict[str, object] = {
 }
 # What a build selects, for the cache key of `load_items`' builds: a change to the pipeline that changes the items,
 # users or splits a build holds bumps it, so no cached build made by other rules is reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 # filtered: the paper's "we follow the five-core filtering procedure ... we further sample 1,000 items from each
 # category", i.e. CQBench items are RecBench items; catalog: any eligible item of the category.
 POPULATIONS = ("filtered", "catalog")
@@ -279,7 +279,7 @@ def build(**kwargs) -> Path:
         for cat in cats:  # fail before any work, not after an hour on the first category
             if locate(str(opts["source"]), cat)[1] is None and opts["cqbench_population"] == "filtered":
                 raise _no_reviews(cat, str(opts["source"]))
-    out = Path(str(opts["out"])).expanduser()
+    out = prepare_output_dir(str(opts["out"]))
     opts["out"] = out
     cache = ImageCache(opts["image_cache"] or out / "images", timeout=float(opts["timeout"]),
                        retries=int(opts["retries"]), workers=int(opts["workers"]),

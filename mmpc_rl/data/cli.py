@@ -9,6 +9,7 @@ from typing import Any
 from mmpc_rl.data.build import DEFAULTS, build
 from mmpc_rl.data.sample import build_sample_catalog
 from mmpc_rl.errors import ConfigError
+from mmpc_rl.io import prepare_output_dir
 from mmpc_rl.options import parse_options
 
 USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
@@ -16,14 +17,15 @@ USAGE = ("usage: mmpc-rl data sample out=DIR [base_url=URL] [seed=0]\n"
          "[cqbench_population=filtered|catalog] ...")
 
 
-def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...], command: str) -> dict:
+def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...], command: str,
+            usage: str) -> dict:
     """key=value args as a dict typed like the defaults (through the one option parser); an unknown key names the
     valid ones, a value of the wrong type is one line."""
     typed = {bool: bool, int: int, float: float, str: str}
     schema = dataclasses.make_dataclass("Options", [
         (k, typed.get(type(v), Any) | None if v is None or type(v) not in typed else typed[type(v)],
          dataclasses.field(default=v)) for k, v in valid.items()])
-    opts = dataclasses.asdict(parse_options(schema, argv, command))
+    opts = dataclasses.asdict(parse_options(schema, argv, command, usage=usage))
     for key in required:
         if opts.get(key) in (None, ""):
             raise ConfigError(f"{key}= is required\n{USAGE}")
@@ -31,14 +33,17 @@ def options(argv: list[str], valid: dict[str, object], required: tuple[str, ...]
 
 
 def sample(argv: list[str]) -> int:
-    opts = options(argv, {"out": None, "base_url": None, "seed": 0}, ("out",), "mmpc-rl data sample")
+    opts = options(argv, {"out": None, "base_url": None, "seed": 0}, ("out",), "mmpc-rl data sample",
+                   USAGE.splitlines()[0])
+    prepare_output_dir(str(opts["out"]))
     out = build_sample_catalog(str(opts["out"]), base_url=opts["base_url"], seed=opts["seed"])
     print(f"sample catalog: {out}")
     return 0
 
 
 def build_main(argv: list[str]) -> int:
-    opts = options(argv, DEFAULTS, ("source", "out"), "mmpc-rl data build")
+    opts = options(argv, DEFAULTS, ("source", "out"), "mmpc-rl data build",
+                   "usage: " + USAGE.splitlines()[1].strip() + "\n(docs/data.md explains each key)")
     out = build(**opts)
     summary = json.loads((out / "summary.json").read_text())
     for cat, s in summary["categories"].items():

@@ -6,7 +6,9 @@ failures (timeouts, connection errors, 5xx, short bodies, deadlines) are tried a
 are checked, not copied. Any failure, whatever raised it, is a recorded skip: one URL never stops a build.
 Each URL has a total deadline (`deadline`; the socket timeout bounds each read, so a trickling server could
 otherwise hold a worker for ever) and a size cap (`max_bytes`); an image above `max_pixels` is a counted skip
-before it is decoded. `open_image`/`verify_image` are the one way the rest of the code opens an image.
+before it is decoded. `open_image`/`verify_image` are the one way the rest of the code opens an image: only regular
+files (a FIFO would block the reader for ever). `processor_problem` is the one test of whether the policy's image
+processor can take an image's size, at build time (`check_image`) and when a dataset is loaded (data/skips.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import http.client
 import io
 import os
+import stat
 import threading
 import time
 import urllib.error
@@ -30,6 +33,11 @@ TRANSIENT = ("timeout", "connection_error", "http_5xx", "http_429", "incomplete_
 MAX_PIXELS = 40_000_000  # 40 MP: far above any catalog photo; a 12000x12000 PNG (144 MP) is 445 KB on disk
 MAX_BYTES = 50 * 2**20
 DEADLINE_S = 60.0
+# Qwen2-VL/Qwen2.5-VL's image processor (transformers' image_processing_qwen2_vl.py, `smart_resize`) raises on an
+# aspect ratio above 200; a side under one 14-px vision patch is upsampled from less than a patch of real pixels
+# (and transformers 4.x's smart_resize refused sides under 28 px).
+MAX_ASPECT_RATIO = 200
+MIN_SIDE = 14
 
 
 class BadImage(ValueError):
@@ -40,17 +48,39 @@ class BadImage(ValueError):
         self.reason = reason
 
 
-def _decoded(src, max_pixels: int | None):
+def processor_problem(width: int, height: int) -> str | None:
+    """Why the policy's image processor cannot take a width x height image, or None."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return "aspect_ratio_over_200"
+    if min(width, height) < MIN_SIDE:
+        return "smaller_than_a_patch"
+    return None
+
+
+def regular_file(src) -> None:
+    """BadImage unless a path names a regular file: opening a FIFO (or a device) blocks, a folder is no image."""
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            mode = os.stat(src).st_mode
+        except OSError:
+            raise BadImage("missing_file") from None
+        if not stat.S_ISREG(mode):
+            raise BadImage("not_a_regular_file")
+
+
+def _decoded(src, max_pixels: int | None, decode: bool = True):
     from PIL import Image
 
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels  # read per call; 0 turns the cap off
+    regular_file(src)
     try:
         img = Image.open(src)
         try:
             w, h = img.size  # from the header: a pixel bomb is refused before any decoding
             if max_pixels and w * h > max_pixels:
                 raise BadImage("too_many_pixels")
-            img.load()  # decodes every byte: a truncated JPEG fails here, not later in the trainer
+            if decode:
+                img.load()  # decodes every byte: a truncated JPEG fails here, not later in the trainer
         except BaseException:
             img.close()
             raise
@@ -66,6 +96,17 @@ def verify_image(src, max_pixels: int | None = None) -> tuple[int, int]:
     BadImage."""
     with _decoded(src, max_pixels) as img:
         return img.size
+
+
+def usable_image(src, *, fit: bool = True, decode: bool = True, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an image that can be used: `verify_image`'s checks (only the header with `decode=False`)
+    and, with `fit` (the policy's processor reads it), `processor_problem`'s; else BadImage."""
+    with _decoded(src, max_pixels, decode) as img:
+        size = img.size
+    problem = processor_problem(*size) if fit else None
+    if problem:
+        raise BadImage(problem)
+    return size
 
 
 def open_image(src, max_pixels: int | None = None):
@@ -84,6 +125,9 @@ def check_image(data: bytes, min_size: int, max_pixels: int | None = None) -> No
     w, h = verify_image(io.BytesIO(data), max_pixels)
     if min(w, h) < min_size:
         raise BadImage("too_small")
+    problem = processor_problem(w, h)
+    if problem:
+        raise BadImage(problem)
 
 
 def resolve_image(root: str | os.PathLike, path: str | None) -> str | None:
@@ -143,7 +187,13 @@ class ImageCache:
         if rec is None:
             return None
         if rec["ok"]:
-            return rec if Path(rec["path"]).is_file() else None
+            if not Path(rec["path"]).is_file():
+                return None
+            try:  # the header only: a cached image a newer rule refuses is that rule's skip
+                usable_image(rec["path"], decode=False, max_pixels=self.max_pixels)
+            except BadImage as e:
+                return {**rec, "ok": False, "path": None, "reason": e.reason}
+            return rec
         return None if rec["reason"] in TRANSIENT and url not in self._tried else rec
 
     def _get(self, url: str, deadline: float) -> bytes:
@@ -204,8 +254,7 @@ class ImageCache:
         path = local_path(url)
         try:
             if path is not None:
-                if not path.is_file():
-                    raise BadImage("missing_file")
+                regular_file(path)
                 if path.stat().st_size > self.max_bytes:
                     raise BadImage("too_large")
                 check_image(path.read_bytes(), self.min_size, self.max_pixels)

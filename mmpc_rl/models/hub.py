@@ -42,6 +42,21 @@ def resolve_scheme(name_or_path) -> str:
     return SCHEMES[scheme](name)
 
 
+def unreadable_config(e: Exception, folder: str | os.PathLike) -> ModelLoadError:
+    """One line for a model folder whose config or weights transformers refuses: a wrong-typed `config.json` field
+    (huggingface_hub's strict dataclasses raise their own error class), a missing key, broken JSON."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return ModelLoadError(f"cannot load the model in {folder} (check its config.json): {text}")
+
+
+# What transformers raises for a model folder it cannot read: OSError/ValueError for missing or broken files,
+# TypeError/KeyError/AttributeError and huggingface_hub's StrictDataclassError for fields of the wrong type or shape.
+def config_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import StrictDataclassError
+
+    return (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError)
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("TRANSFORMERS_OFFLINE"):
         return False
@@ -53,10 +68,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: str = "model") -> str:
+def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: str = "model",
+                       option: str = "model.name_or_path") -> str:
     """A local folder for NAME_OR_PATH: an existing folder as is, `scheme://NAME` (e.g. `tiny://NAME`, built
     in-process) through its resolver, a hub id from the local cache, or downloaded when the hub is reachable. Raises
-    ModelLoadError with a one-line fix otherwise."""
+    ModelLoadError with a one-line fix otherwise, naming `option`, the key the user gave the name with (`models` for
+    CQBench's list)."""
     name_or_path = str(name_or_path)
     if "://" in name_or_path:
         return resolve_scheme(name_or_path)
@@ -72,10 +89,11 @@ def resolve_model_path(name_or_path: str, *, revision: str | None = None, kind: 
     except Exception:  # noqa: BLE001 - any miss in the local cache means "not cached"
         pass
     if not hub_reachable():
+        local = f"/models/{name_or_path.split('/')[-1]}"
+        example = f"{option}=[{local}]" if option == "models" else f"{option}={local}"
         raise ModelLoadError(
             f"no network: {kind} {name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
-            "reached; point the recipe at a local folder (e.g. "
-            f"model.name_or_path=/models/{name_or_path.split('/')[-1]})"
+            f"reached; give a local folder instead (e.g. {example})"
         )
     try:
         return snapshot_download(name_or_path, revision=revision)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mmpc_rl.errors import ModelLoadError
-from mmpc_rl.models.hub import resolve_model_path
+from mmpc_rl.models.hub import config_errors, resolve_model_path, unreadable_config
 from mmpc_rl.models.placement import policy_dtype, torch_dtype
 
 
@@ -34,14 +34,28 @@ def load_processor(model_cfg, path: str | None = None):
 
     path = path or resolve_model_path(model_cfg.name_or_path, revision=model_cfg.revision)
     kwargs = {"padding_side": "left", "trust_remote_code": model_cfg.trust_remote_code}
-    if model_cfg.min_pixels:
-        kwargs["min_pixels"] = model_cfg.min_pixels
-    if model_cfg.max_pixels:
-        kwargs["max_pixels"] = model_cfg.max_pixels
+    bounds = {k: v for k, v in (("shortest_edge", model_cfg.min_pixels), ("longest_edge", model_cfg.max_pixels)) if v}
     try:
-        return AutoProcessor.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelLoadError(f"cannot load the processor from {path}: {e}") from None
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+        if bounds and not set_pixel_bounds(processor, bounds):  # a processor without Qwen-VL's pixel budget
+            processor = AutoProcessor.from_pretrained(path, **kwargs, min_pixels=model_cfg.min_pixels,
+                                                      max_pixels=model_cfg.max_pixels)
+    except (*config_errors(), ImportError) as e:
+        raise ModelLoadError(f"cannot load the processor from {path}: {' '.join(str(e).split())}") from None
+    return processor
+
+
+def set_pixel_bounds(processor, bounds: dict[str, int]) -> bool:
+    """Qwen-VL's pixel budget set on the image processor itself. Given to from_pretrained, min_pixels/max_pixels
+    would also be kept as arguments of every processor call, which transformers 5 warns about once per call and
+    means to drop (the bounds would then be lost in silence)."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    if size is None or not all(hasattr(size, k) or (isinstance(size, dict) and k in size) for k in bounds):
+        return False
+    current = {k: v for k, v in dict(size).items() if v is not None}
+    image_processor.size = type(size)(**{**current, **bounds}) if not isinstance(size, dict) else {**current, **bounds}
+    return True
 
 
 def model_init_kwargs(model_cfg, *, cpu: bool = False) -> dict:
@@ -72,4 +86,6 @@ def load_policy(model_cfg, *, cpu: bool | None = None, device_map=None, max_memo
         raise ModelLoadError(f"{model_cfg.name_or_path} is not an image-text-to-text model: {e}") from None
     except OSError as e:
         raise ModelLoadError(f"cannot load the model from {path}: {e}") from None
+    except config_errors() as e:
+        raise unreadable_config(e, path) from None
     return model, load_processor(model_cfg, path)

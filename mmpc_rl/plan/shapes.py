@@ -156,7 +156,7 @@ def model_shape(model, revision: str | None = None, *, fetch: bool = False) -> M
 def _shape_by_name(name: str, revision: str | None, fetch: bool) -> ModelShape:
     from transformers import AutoConfig
 
-    from mmpc_rl.models import resolve_model_path
+    from mmpc_rl.models.hub import config_errors, resolve_model_path, unreadable_config
 
     folder, source = None, "config"
     if name.startswith("tiny://"):
@@ -174,10 +174,9 @@ def _shape_by_name(name: str, revision: str | None, fetch: bool) -> ModelShape:
                              f"not in the built-in shape table ({', '.join(BUILT_IN)}); give a local folder")
     try:
         cfg = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the model config in {folder}: {e}") from None
-    bounds = _pixel_bounds(folder)
-    return _shape_from_config(cfg, name, source, bounds)
+        return _shape_from_config(cfg, name, source, _pixel_bounds(folder))
+    except config_errors() as e:
+        raise unreadable_config(e, folder) from None
 
 
 def _pixel_bounds(folder: str) -> tuple[int, int] | None:

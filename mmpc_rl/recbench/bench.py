@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmpc_rl.checks import at_least
 from mmpc_rl.data import DEFAULT_SEED, DEFAULT_TEXT_FIELD, build_cached, default_cache_dir, resolve_source
 from mmpc_rl.data.reader import resolve_categories
 from mmpc_rl.errors import ConfigError, DataError
-from mmpc_rl.io import append_jsonl, atomic_write_json, read_jsonl
+from mmpc_rl.io import append_jsonl, atomic_write_json, prepare_output_dir, read_jsonl
 from mmpc_rl.recbench import conditions as C
 from mmpc_rl.recbench.data import RecData, list_categories, load_category
 from mmpc_rl.recbench.features import ImageEncoder, TextEncoder
@@ -54,8 +55,9 @@ class RecBenchConfig(TrainConfig):
     image_arch: str = "vit_base_patch16_224"
     cache_dir: str | None = None  # feature cache; None: <out>/feature_cache
     device: str = "auto"
-    threads: int | None = None  # torch CPU threads; 1 is much faster than 2 on a busy shared box
-    knn_k: int = 10
+    # torch CPU threads; 1 is much faster than 2 on a busy shared box
+    threads: int | None = field(default=None, metadata=at_least(1))
+    knn_k: int = field(default=10, metadata=at_least(1))
     mm_image_weight: float = 0.1
     grid: dict[str, Any] | None = None  # e.g. grid.VBPR.reg_weight=[0.1]; models not named keep the spec's grid
 
@@ -206,7 +208,7 @@ def run(cfg: RecBenchConfig, text_encoder=None, image_encoder=None) -> dict:
     """Run the benchmark; encoders may be given as objects (tests, notebooks) instead of cfg's model names."""
     cfg = with_profile(cfg)
     validate(cfg)
-    out = Path(cfg.out).expanduser()
+    out = prepare_output_dir(cfg.out)
     data_dir = resolve_data_dir(cfg)
     categories = cfg.categories or list_categories(data_dir)
     if not categories:

@@ -11,14 +11,12 @@ USAGE = ("usage: mmpc-rl recbench data_dir=DIR|sample out=DIR [generated=[cqbenc
 
 
 def parse_config(argv: list[str]) -> RecBenchConfig:
-    return parse_options(RecBenchConfig, argv, "mmpc-rl recbench")  # generated=file.jsonl: a one-element list
+    # generated=file.jsonl: a one-element list
+    return parse_options(RecBenchConfig, argv, "mmpc-rl recbench", usage=USAGE)
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    cfg = parse_config(argv)
+    cfg = parse_config(["--help" if a == "help" else a for a in argv])
     results = run(cfg)
     t6 = results["table6"]
     for task, t in t6.items():

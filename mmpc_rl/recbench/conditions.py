@@ -116,7 +116,7 @@ def _records(path: Path) -> list[tuple[dict, str | None, str | None]]:
     if isinstance(obj, dict) and isinstance(obj.get("results"), dict):  # CQBench results.json: results[model][task]
         out = []
         for model, tasks in obj["results"].items():
-            for task_name, agg in (tasks or {}).items():
+            for task_name, agg in (tasks.items() if isinstance(tasks, dict) else ()):
                 if isinstance(agg, dict) and isinstance(agg.get("per_item"), list):
                     out += [(r, model, task_name) for r in agg["per_item"]]
         return out
@@ -172,7 +172,7 @@ def read_generated(path: str | Path, method: str | None = None) -> tuple[dict, d
         text, image = _text(rec), _first(rec, IMAGE_KEYS)
         if task is None:
             task = "t2i" if (image is not None and text is None) else "i2t"
-        if task not in TASK_MODALITY:
+        if not isinstance(task, str) or task not in TASK_MODALITY:  # a hand-made record may hold any JSON here
             skipped["bad_task"] += 1
             continue
         content = text if task == "i2t" else image

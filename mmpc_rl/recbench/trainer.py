@@ -7,11 +7,12 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from mmpc_rl.checks import at_least, greater_than
 from mmpc_rl.errors import ConfigError
 from mmpc_rl.recbench.data import RecData
 from mmpc_rl.recbench.metrics import KS, Evaluator
@@ -22,14 +23,14 @@ VALID_METRIC = "recall@20"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1000
-    stopping_step: int = 20
-    batch_size: int = 2048
-    learning_rate: float = 0.001
+    epochs: int = field(default=1000, metadata=at_least(1))
+    stopping_step: int = field(default=20, metadata=at_least(1))
+    batch_size: int = field(default=2048, metadata=at_least(1))
+    learning_rate: float = field(default=0.001, metadata=greater_than(0))
     seed: int = 999
-    eval_batch_users: int = 4096
+    eval_batch_users: int = field(default=4096, metadata=at_least(1))
     select_by: str = "valid"  # "test" reproduces MMRec's quick_start, which picks the grid point by test Recall@20
-    embedding_size: int = 64
+    embedding_size: int = field(default=64, metadata=at_least(1))
 
 
 def seed_everything(seed: int) -> None:
