@@ -162,3 +162,23 @@ def test_cqbench_gives_a_gemma_model_the_authors_gemma_prompt(tmp_path, monkeypa
     assert rc == 0 and set(seen) == {AUTHORS_GEMMA_I2T}
     settings = json.loads((tmp_path / "items" / "gemma-3-4b-it" / "i2t.settings.json").read_text())
     assert settings["prompt_text"] == AUTHORS_GEMMA_I2T
+
+
+def test_training_words_the_prompt_for_the_policys_family_as_cqbench_does(tmp_path, tiny_qwen, minilm, one_thread):
+    """A Gemma policy trains on the authors' Gemma wording, so that the run's own CQBench passes and a later
+    `eval cqbench adapter=RUN_DIR` (which words the prompt for the model's family) score the same prompt."""
+    import shutil
+
+    from mmpc_rl.train.builder import build_trainer
+    from mmpc_rl.train.recipe import load_training_recipe
+
+    texts = {}
+    for name in ("qwen2.5-vl-tiny", "gemma-3-tiny"):  # the tiny Qwen weights in folders named for each family
+        folder = tmp_path / name
+        shutil.copytree(tiny_qwen, folder)
+        recipe = load_training_recipe(["recipe=demo-i2t", f"model.name_or_path={folder}", "eval.enabled=false",
+                                       f"trainer.output_dir={tmp_path / ('run-' + name)}", "trainer.max_steps=1"])
+        trainer = build_trainer(recipe, models={"minilm": minilm})
+        texts[name] = json.dumps(trainer.train_dataset[0]["prompt"])
+    assert json.dumps(AUTHORS_GEMMA_I2T)[1:-1] in texts["gemma-3-tiny"]
+    assert json.dumps(PAPER_I2T)[1:-1] in texts["qwen2.5-vl-tiny"]

@@ -175,7 +175,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     recipe = resolve_layout(continue_layout(recipe))
     if recipe.model.cpu_threads and not on_gpu(recipe):
         torch.set_num_threads(recipe.model.cpu_threads)  # for the whole run: every number of it depends on it
-    task = get_task(recipe.task, recipe.data.prompt)
+    task = get_task(recipe.task, recipe.data.prompt, recipe.model.name_or_path)  # the family's wording, as CQBench's
     args = build_grpo_config(recipe)
     prepare_output_dir(args.output_dir)  # writable, no link out of it: one line before anything else
     lock = claim_run_folder(recipe, args)  # one run per folder: locked, another run's files refused or cleared

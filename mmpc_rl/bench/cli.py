@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             if results["arms"]:
                 print(f"mmpc-rl: resuming {path}: arm(s) {', '.join(results['arms'])} already measured")
 
-    task = get_task(recipe.task, recipe.data.prompt)
+    task = get_task(recipe.task, recipe.data.prompt, recipe.model.name_or_path)
     processor = bench.build_processor(opts.shape)
     dataset = bench.synthetic_dataset(task, 2 * (opts.warmup + opts.steps) + 2, opts.image_size, opts.seed)
     rewards = (bench.stub_rewards() if opts.rewards == "stub" else
