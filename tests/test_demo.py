@@ -18,7 +18,8 @@ from mmpc_rl.train.curves import quarter_means
 #   HF_HUB_OFFLINE=1 MMPC_RL_CACHE=$(mktemp -d) .venv/bin/accelerate launch train/grpo.py recipe=demo-i2t
 README_REWARD = (0.91, 1.05)  # total reward, mean of the first and of the last quarter of the steps
 README_PARSED = (5, 12)  # held-out CQBench items whose greedy answer parsed, before and after training
-README_METRICS = {"tfidf_cosine": (0.0045, 0.0250), "tfidf_euclidean": (0.4148, 0.4175), "token_overlap": (0.034, 0.053)}
+README_METRICS = {"tfidf_cosine": (0.0045, 0.0250), "tfidf_euclidean": (0.4148, 0.4175),
+                  "token_overlap": (0.034, 0.053)}
 REWARD_RISE_MARGIN = 0.1
 TEXT_METRICS = tuple(README_METRICS)
 
