@@ -40,10 +40,30 @@ class OnceFilter(logging.Filter):
         return True
 
 
+def show_deprecations_once() -> None:
+    """Show each deprecation notice (FutureWarning) once per process, whichever library line raises it. Not the
+    "once" warnings filter: Python clears its memory of what was shown whenever any code changes the filters, which
+    libraries do in the middle of a run, and TRL's generate raises the same notice at every step."""
+    original = warnings.showwarning
+    if getattr(original, "mmpc_rl_once", False):
+        return
+    seen: set[str] = set()
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FutureWarning):
+            if str(message) in seen:
+                return None
+            seen.add(str(message))
+        return original(message, category, filename, lineno, file, line)
+
+    showwarning.mmpc_rl_once = True
+    warnings.showwarning = showwarning
+
+
 def quiet_repeated_warnings(libraries: tuple[str, ...] = LIBRARIES) -> OnceFilter:
     """Install one OnceFilter on the handlers of each library's root logger (made when the library is imported, so
-    call it after that), and show each deprecation notice (FutureWarning) once, whichever library line raises it."""
-    warnings.filterwarnings("once", category=FutureWarning)
+    call it after that), and show each deprecation notice once (show_deprecations_once)."""
+    show_deprecations_once()
     once = OnceFilter(libraries)
     for name in libraries:
         for handler in logging.getLogger(name).handlers:

@@ -437,3 +437,25 @@ def test_the_trainer_arguments_raise_no_deprecation_warning():
             warnings.simplefilter("error", FutureWarning)
             args = build_grpo_config(recipe)
         assert args.gradient_checkpointing is args.activation_checkpointing is on
+
+
+def test_a_deprecation_notice_is_shown_once_even_when_other_code_changes_the_filters(monkeypatch):
+    """Python's "once" filter forgets what it showed whenever any code changes the filters (libraries do, mid-run):
+    TRL's generate then printed transformers' is_gradient_checkpointing notice again at later steps."""
+    import warnings
+
+    from mmpc_rl.console import show_deprecations_once
+
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kwargs: shown.append(str(message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        show_deprecations_once()
+        for step in range(3):
+            warnings.warn("`old_name` is deprecated", FutureWarning, stacklevel=1)
+            warnings.filterwarnings("ignore", message=f"unrelated {step}")  # a library changes the filters
+        warnings.warn("`other_name` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("a user warning is not a deprecation", UserWarning, stacklevel=1)
+        warnings.warn("a user warning is not a deprecation", UserWarning, stacklevel=1)
+    assert shown.count("`old_name` is deprecated") == 1 and "`other_name` is deprecated" in shown
+    assert shown.count("a user warning is not a deprecation") == 2  # other warnings keep their filters
