@@ -51,10 +51,10 @@ def set_pixel_bounds(processor, bounds: dict[str, int]) -> bool:
     means to drop (the bounds would then be lost in silence)."""
     image_processor = getattr(processor, "image_processor", None)
     size = getattr(image_processor, "size", None)
-    if size is None or not all(hasattr(size, k) or (isinstance(size, dict) and k in size) for k in bounds):
+    fields = dict(size) if size is not None else {}  # a dict or transformers' SizeDict
+    if not bounds.keys() <= fields.keys():
         return False
-    current = {k: v for k, v in dict(size).items() if v is not None}
-    image_processor.size = type(size)(**{**current, **bounds}) if not isinstance(size, dict) else {**current, **bounds}
+    image_processor.size = type(size)(**{**{k: v for k, v in fields.items() if v is not None}, **bounds})
     return True
 
 
