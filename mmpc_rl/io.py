@@ -153,6 +153,15 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON object file's content, or None when it is missing, unreadable, not JSON or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_jsonl(path: str | os.PathLike, *, repair: bool = False, skipped: list | None = None) -> Iterator[dict]:
     """Yield records. Only a torn *last* line (no newline: a kill mid-write) is dropped, and truncated away when
     `repair`; a bad line elsewhere is skipped, counted in `skipped` (line numbers) and warned about, never taken as

@@ -9,25 +9,21 @@ folder named best/ is always whole. The next start of the run finishes or undoes
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from mmpc_rl.io import atomic_write_json
-from mmpc_rl.train.cqbench import GOLD, from_main
+from mmpc_rl.io import atomic_write_json, read_json
+from mmpc_rl.train.cqbench import GOLD, from_main, summary_means
 from mmpc_rl.train.stopping import finite_number
 
 BEST, TMP, OLD, INFO = "best", ".best.tmp", ".best.old", "best.json"
 
 
 def read_best(output_dir: str | Path) -> dict | None:
-    try:
-        info = json.loads((Path(output_dir) / BEST / INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and isinstance(info.get("step"), int) else None
+    info = read_json(Path(output_dir) / BEST / INFO)
+    return info if info is not None and isinstance(info.get("step"), int) else None
 
 
 def recover(output_dir: str | Path) -> None:
@@ -108,12 +104,9 @@ def best_lines(output_dir: str | Path) -> list[str]:
         return []
     last = None
     try:
-        after = json.loads((out / "cqbench" / "after" / "summary.json").read_text())
-        metric = best["metric"]
-        last = (after["status"].get("ok", 0) / max(after["n_items"], 1) if metric == "parse_ok_rate"
-                else after["summary"][metric]["mean"])
-        last_step = after.get("step")
-    except (OSError, ValueError, KeyError, TypeError):
+        after = read_json(out / "cqbench" / "after" / "summary.json")
+        last, last_step = summary_means(after).get(best["metric"]), after.get("step")
+    except (AttributeError, KeyError, TypeError):  # no (or a partial) after pass
         pass
     head = f"mmpc-rl: CQBench {best['metric']}: "
     if last is not None:

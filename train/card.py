@@ -8,7 +8,6 @@ upload with `trainer.push_to_hub=true` (their `create_model_card` would otherwis
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from omegaconf import OmegaConf
 
 from mmpc_rl.eval.metrics import METRICS, metrics_for
 from mmpc_rl.eval.report import TASK_TITLES
-from mmpc_rl.io import atomic_write_text
+from mmpc_rl.io import atomic_write_text, read_json
 from mmpc_rl.train.best import BEST, read_best
+from mmpc_rl.train.cqbench import summary_means
 from mmpc_rl.train.stopping import RECORD
 from mmpc_rl.train.watch import summary_lines
 
@@ -29,14 +29,6 @@ TASK_WORDS = {"i2t": "writes a product title (JSON `{\"title\": ...}`) from a pr
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def hub_id(name: str) -> str | None:
     """A Hub model id (`org/name`, not a folder here): the card's `base_model` must be one."""
     return name if HUB_ID.fullmatch(name or "") and not Path(name).exists() else None
@@ -45,14 +37,13 @@ def hub_id(name: str) -> str | None:
 def _means(summary: dict | None, names: list[str]) -> dict[str, float | None]:
     if not summary:
         return {}
-    out = {m: (summary["summary"].get(m) or {}).get("mean") for m in names}
-    out["parse_ok_rate"] = summary["status"].get("ok", 0) / max(summary["n_items"], 1)
-    return out
+    means = summary_means(summary)
+    return {**{m: means.get(m) for m in names}, "parse_ok_rate": means["parse_ok_rate"]}
 
 
 def cqbench_table(out: Path, task: str) -> list[str]:
     root = out / "cqbench"
-    before, after = _json(root / "before" / "summary.json"), _json(root / "after" / "summary.json")
+    before, after = read_json(root / "before" / "summary.json"), read_json(root / "after" / "summary.json")
     if before is None and after is None:
         return ["CQBench was not run during training (`eval.enabled=false`)."]
     names = [m for m in metrics_for(task) if any(s and m in s["summary"] for s in (before, after))]
@@ -60,7 +51,7 @@ def cqbench_table(out: Path, task: str) -> list[str]:
     best = read_best(out)
     if best is not None:
         tag = "after" if after and after.get("step") == best["step"] else f"step-{best['step']}"
-        rows.append((f"best on {best['metric']} (`best/`)", best["step"], _json(root / tag / "summary.json")))
+        rows.append((f"best on {best['metric']} (`best/`)", best["step"], read_json(root / tag / "summary.json")))
     cols = [f"{METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in names] + ["Parsed ↑"]
     lines = ["| | step | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for label, step, summary in rows:
@@ -83,7 +74,7 @@ def model_card(output_dir: str | Path, state=None, repo: str | None = None) -> s
                          tags=["mmpc-rl", "grpo", "trl", "lora", task, *(cfg.get("wandb") or {}).get("tags", [])])
     step = getattr(state, "global_step", None)
     max_steps = getattr(state, "max_steps", None) or trainer.get("max_steps")
-    stop = _json(out / RECORD)
+    stop = read_json(out / RECORD)
     base_link = f"[{model}](https://huggingface.co/{model})" if hub_id(model) else f"`{model}`"
     lines = [f"# {out.name}: a GRPO LoRA adapter for {TASK_TITLES.get(task, task)}", "",
              f"A LoRA adapter on {base_link} trained "

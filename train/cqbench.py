@@ -36,8 +36,7 @@ from mmpc_rl.eval.settings import check_settings
 from mmpc_rl.io import atomic_write_json, atomic_write_text
 from mmpc_rl.lock import raise_on_any_rank
 from mmpc_rl.tasks import Task
-
-GOLD = "cqbench/gold/"
+from mmpc_rl.train.curves import GOLD
 
 
 def from_main(obj):
@@ -52,10 +51,16 @@ def from_main(obj):
     return obj
 
 
+def summary_means(res: dict) -> dict[str, float | None]:
+    """A pass's mean of each metric (as its summary.json holds them, None or NaN included) and its parse-ok rate."""
+    means = {m: s.get("mean") for m, s in res["summary"].items() if isinstance(s, dict)}
+    means["parse_ok_rate"] = res["status"].get("ok", 0) / max(res["n_items"], 1)
+    return means
+
+
 def gold_logs(tag: str, res: dict) -> dict[str, float]:
     """The logged numbers of one pass: the gold curve's point, plus the before/after keys for those two passes."""
-    means = {m: s["mean"] for m, s in res["summary"].items() if s["mean"] is not None and math.isfinite(s["mean"])}
-    means["parse_ok_rate"] = res["status"].get("ok", 0) / max(res["n_items"], 1)
+    means = {m: v for m, v in summary_means(res).items() if v is not None and math.isfinite(v)}
     logs = {f"{GOLD}{m}": v for m, v in means.items()}
     if tag in ("before", "after"):
         logs.update({f"cqbench/{tag}/{m}": v for m, v in means.items()})

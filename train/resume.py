@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmpc_rl.io import read_json
+
 REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 MAX_HEADER = 100 * 2**20
@@ -158,11 +160,8 @@ def final_problem(output_dir: str | Path) -> str | None:
 
 
 def _state(path: Path | None) -> dict | None:
-    try:
-        state = json.loads(path.read_text()) if path is not None else None
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+    state = read_json(path) if path is not None else None
+    return state if state is not None and isinstance(state.get("global_step"), int) else None
 
 
 def _trained_out(trainer: Mapping[str, Any], state: dict) -> int | None:

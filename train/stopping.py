@@ -14,12 +14,12 @@ evaluations.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from mmpc_rl.config import EarlyStopConfig, Recipe
+from mmpc_rl.io import read_json
 from mmpc_rl.train.resume import final_problem
 
 
@@ -92,12 +92,8 @@ def stopped_early(recipe: Recipe) -> str | None:
     if trainer.get("resume_from_checkpoint") in (None, "", False):
         return None
     out = Path(str(trainer.get("output_dir")))
-    try:
-        rec = json.loads((out / RECORD).read_text())
-        final = json.loads((out / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or not isinstance(final, dict) or rec.get("step") != final.get("global_step"):
+    rec, final = read_json(out / RECORD), read_json(out / "trainer_state.json")
+    if rec is None or final is None or rec.get("step") != final.get("global_step"):
         return None
     if final_problem(out) is not None:  # its final result is broken: trained on (and stopped) again
         return None

@@ -19,7 +19,6 @@ optimises; CQBench on held-out items is what the run is for.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,10 +26,11 @@ from transformers import TrainerCallback
 
 from mmpc_rl.config import EarlyStopConfig, Recipe
 from mmpc_rl.eval.metrics import METRICS
-from mmpc_rl.io import atomic_write_json, read_jsonl
+from mmpc_rl.io import atomic_write_json, read_json, read_jsonl
 from mmpc_rl.tasks import Task, completion_text
 from mmpc_rl.train.best import KeepBest
 from mmpc_rl.train.cqbench import GOLD
+from mmpc_rl.train.curves import quarter_means
 from mmpc_rl.train.stopping import RECORD, Plateau, SmoothedReward, finite_number, slope, stop_line
 
 FORMAT_KEY = "completions/format_fail_rate"
@@ -63,8 +63,7 @@ def history(output_dir: str | Path, up_to: int) -> list[dict]:
 def quarters(points: list[tuple[int, float]]) -> dict | None:
     if not points:
         return None
-    q = max(len(points) // 4, 1)
-    first, last = (sum(v for _, v in part) / len(part) for part in (points[:q], points[-q:]))
+    first, last = quarter_means([v for _, v in points])
     return {"first_quarter": first, "last_quarter": last, "steps": [points[0][0], points[-1][0]]}
 
 
@@ -179,10 +178,8 @@ class Watch(TrainerCallback):
 
 def summary_lines(output_dir: str | Path) -> list[str]:
     """The watch summary for the end of the run (from output_dir/watch.json)."""
-    path = Path(output_dir) / "watch.json"
-    try:
-        s = json.loads(path.read_text())
-    except (OSError, ValueError):
+    s = read_json(Path(output_dir) / "watch.json")
+    if s is None:
         return []
     rows = []
     labels = {"frac_reward_zero_std": ("groups with zero reward spread", "{:.2f}"),
