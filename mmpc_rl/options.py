@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -54,7 +55,8 @@ def check_yaml(text: str, where: str) -> None:
         total = 1
         if isinstance(node, yaml.MappingNode):
             keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and not k.tag.endswith(":merge")]
-            dup = next((k for k in keys if keys.count(k) > 1), None)
+            counts = Counter(keys)  # not keys.count per key: quadratic in a mapping's size
+            dup = next((k for k in keys if counts[k] > 1), None)
             if dup is not None:
                 raise ConfigError(f"{where}: bad YAML at line {node.start_mark.line + 1}: duplicate key {dup!r}")
             children = [n for pair in node.value for n in pair]
