@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     # TRL and the model stack: ~8 s of imports, after the checks
     from mmpc_rl.train.builder import build_trainer, check_resumed_adapter, finish_again
 
-    refinish = refinish_point(recipe.trainer)  # trained out, but the final result is broken: end it again
+    checkpoint = resume_point(recipe.trainer)  # the checkpoint a resume loads (its files checked once, here)
+    refinish = refinish_point(recipe.trainer, checkpoint)  # trained out, but the final result is broken: end it again
     try:
         trainer = build_trainer(recipe)  # locks the output folder (train.run_folder)
         t0 = time.time()
         if refinish:
             finish_again(trainer, refinish)
         else:
-            checkpoint = resume_point(trainer.args)
             check_resumed_adapter(trainer, checkpoint)
             # the final adapter, curves and W&B close are the RunEnd callback's (train.callbacks)
             trainer.train(resume_from_checkpoint=checkpoint)

@@ -122,13 +122,18 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def resume_point(args) -> str | bool | None:
-    """trainer.resume_from_checkpoint: a checkpoint folder, or `auto` for the last complete one in output_dir."""
-    value = args.resume_from_checkpoint
+_ASK = object()  # refinish_point asks resume_point itself
+
+
+def resume_point(trainer: Mapping[str, Any]) -> str | bool | None:
+    """trainer.resume_from_checkpoint: a checkpoint folder, or `auto` for the last complete one in output_dir (the
+    recipe's trainer section, or the TrainingArguments made from it)."""
+    get = trainer.get if isinstance(trainer, Mapping) else lambda key: getattr(trainer, key)
+    value = get("resume_from_checkpoint")
     if value in (None, "", False):
         return None
     if str(value).lower() == "auto":
-        return last_complete_checkpoint(args.output_dir)
+        return last_complete_checkpoint(get("output_dir"))
     return value
 
 
@@ -189,16 +194,17 @@ def finished_run(trainer: Mapping[str, Any]) -> str | None:
             "trainer.max_steps to train on, or use a new output_dir)")
 
 
-def refinish_point(trainer: Mapping[str, Any]) -> str | None:
+def refinish_point(trainer: Mapping[str, Any], checkpoint: Any = _ASK) -> str | None:
     """The checkpoint to finish a run again from, when its training is done (the checkpoint a resume would load is
     at max_steps) but its final result is missing or broken (killed while saving it, a truncated adapter); None
     otherwise. The entry point then loads that checkpoint and ends the run (train.builder.finish_again) instead of
-    training: a resume from it would train a step past max_steps."""
+    training: a resume from it would train a step past max_steps. `checkpoint`: resume_point's answer, when the
+    caller has it already (each call of it checks every checkpoint's files)."""
     if not _resuming(trainer) or finished_run(trainer) is not None:
         return None
     out = Path(str(trainer.get("output_dir")))
-    value = trainer.get("resume_from_checkpoint")
-    ckpt = last_complete_checkpoint(out) if value is True or str(value).lower() == "auto" else str(value)
+    ckpt = resume_point(trainer) if checkpoint is _ASK else checkpoint
+    ckpt = last_complete_checkpoint(out) if ckpt is True else ckpt
     state = _state(Path(ckpt) / "trainer_state.json") if ckpt else None
     if state is None or _trained_out(trainer, state) is None:
         return None
