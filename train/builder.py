@@ -190,7 +190,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     train_dataset = train_dataset if train_dataset is not None else build_dataset(recipe, task)
     train_dataset = drop_unusable_images(train_dataset, args.output_dir)  # counted skip, not a crash
     model, processor = policy if policy is not None else build_policy(recipe, args)
-    cqbench = cqbench_callback(recipe, task, rewards) if recipe.eval.enabled else None
+    cqbench = cqbench_callback(recipe, task, rewards, main=args.process_index == 0) if recipe.eval.enabled else None
     run_end = RunEnd()
     watch = watch_callbacks(recipe, args.output_dir)  # alarms, early stop, best adapter: after CQBench, before RunEnd
     cbs = [MetricsLogger(args.output_dir), StopOnNonFinite(), SafeCheckpoints(),
@@ -219,7 +219,7 @@ def build_trainer(recipe: Recipe, *, models: dict | None = None, callbacks: list
     return trainer
 
 
-def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchCallback:
+def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet, main: bool = True) -> CQBenchCallback:
     """CQBench before/after training on the recipe's held-out subset. Text->image renders through the reward that
     renders (sd35_clip's `render_fn`: its pipeline and settings), so SD3.5 is loaded once."""
     ev, data = recipe.eval, recipe.data
@@ -233,14 +233,18 @@ def cqbench_callback(recipe: Recipe, task: Task, rewards: RewardSet) -> CQBenchC
     items = usable_items(items, policy=task.uses_image_input)  # counted skip, not a crash at the "after" pass
     scorers = build_scorers([task.name], bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers,
                             lpips=ev.lpips, clip=ev.clip, renderer=renderer)
-    # the "before" pass's fingerprint, so that a resumed run reuses it only when it is of this base and these settings
-    render = None if task.uses_image_input else {n: thaw(o) for n, o in recipe.rewards.items()
-                                                 if callable(getattr(rewards.get(n).fn, "render_fn", None))}
-    scoring = scoring_settings(task, bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers, lpips=ev.lpips,
-                               clip=ev.clip, renderer=render)
-    settings = settings_record(model=recipe.model.name_or_path, revision=recipe.model.revision, adapter=None,
-                               task=task, mc=recipe.model, cpu=not on_gpu(recipe), data=data.path,
-                               max_new_tokens=ev.max_new_tokens, do_sample=False, seed=data.seed, scoring=scoring)
+    # the "before" pass's fingerprint, so that a resumed run reuses it only when it is of this base and these
+    # settings; checked by the main process alone, and a local model's is a hash of its weights: made there only
+    settings = None
+    if main:
+        render = None if task.uses_image_input else {n: thaw(o) for n, o in recipe.rewards.items()
+                                                     if callable(getattr(rewards.get(n).fn, "render_fn", None))}
+        scoring = scoring_settings(task, bertscore=ev.bertscore, bertscore_layers=ev.bertscore_layers, lpips=ev.lpips,
+                                   clip=ev.clip, renderer=render)
+        settings = settings_record(model=recipe.model.name_or_path, revision=recipe.model.revision, adapter=None,
+                                   task=task, mc=recipe.model, cpu=not on_gpu(recipe), data=data.path,
+                                   max_new_tokens=ev.max_new_tokens, do_sample=False, seed=data.seed,
+                                   scoring=scoring)
     return CQBenchCallback(ev, task, items, recipe.trainer["output_dir"], scorers=scorers, seed=data.seed,
                            settings=settings)
 
