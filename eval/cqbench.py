@@ -177,7 +177,9 @@ def run(cfg: CQBenchConfig) -> dict:
     """Evaluate every model on every task; returns results[model][task] = aggregate and writes the report files.
     The output folder is locked while it runs (the process that writes the reports holds the lock)."""
     out = prepare_output_dir(cfg.output_dir)
-    for name in cfg.models:  # a model that cannot be found fails before the items, renderer and scorers load
+    # a model that cannot be found fails before the items, renderer and scorers load; a hub id is fetched now, so
+    # that its fingerprint names the commit it runs
+    for name in cfg.models:
         resolve_model_path(name, option="models")
     lock = lock_folder(out, "CQBench output_dir", take=rank_and_world()[0] == 0)
     try:
@@ -208,7 +210,6 @@ def _run(cfg: CQBenchConfig, out: Path) -> dict:
         arms = [(key, None)]
         if cfg.adapter:
             arms = [(key, "base"), (f"{key}+{model_key(cfg.adapter)}", "lora")]
-        resolve_model_path(name)  # a hub id is fetched now, so that its fingerprint names the commit it runs
         tasks = {t: get_task(t, cfg.prompt, name) for t in cfg.tasks}  # the family's wording of the prompt
         settings = {(arm_key, t): run_settings(cfg, name, cfg.adapter if arm == "lora" else None, task, mc,
                                                cpu=plan.mode == "cpu")

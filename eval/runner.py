@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mmpc_rl.eval.generate import generate_batch, length_sorted_batches, open_image
 from mmpc_rl.eval.metrics import image_metrics_batch, text_metrics_batch
 from mmpc_rl.eval.report import aggregate
+from mmpc_rl.eval.settings import item_files
 from mmpc_rl.io import append_jsonl, read_jsonl, safe_name
 from mmpc_rl.tasks import Task
 from mmpc_rl.zero3 import generation_model, lockstep_batches, zero3_enabled
@@ -108,7 +109,7 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
     results_path = Path(results_path)
     rank, world = _dist()
     shard = results_path if world == 1 else results_path.with_name(f"{results_path.stem}.rank{rank}.jsonl")
-    done = {rec["key"] for path in _files(results_path) for rec in read_jsonl(path, repair=(path == shard))
+    done = {rec["key"] for path in item_files(results_path) for rec in read_jsonl(path, repair=(path == shard))
             if well_formed(rec)}  # a record of another shape (hand-edited) is generated again, not a KeyError
     todo = [it for i, it in enumerate(items) if i % world == rank and item_key(it) not in done]
     max_new = max_new_tokens or task.max_new_tokens
@@ -126,7 +127,7 @@ def evaluate(model, processor, task: Task, items: list[dict], *, results_path: s
         return None
     wanted = {item_key(it) for it in items}
     records = {}
-    for path in _files(results_path):
+    for path in item_files(results_path):
         for rec in read_jsonl(path):
             if well_formed(rec) and rec["key"] in wanted:
                 records.setdefault(rec["key"], rec)
@@ -164,10 +165,6 @@ def well_formed(rec: dict) -> bool:
     """A per-item record as `_generate_all` writes it (what `aggregate` reads)."""
     return (isinstance(rec.get("key"), str) and isinstance(rec.get("metrics"), dict)
             and isinstance(rec.get("category"), str) and isinstance(rec.get("status"), str))
-
-
-def _files(results_path: Path) -> list[Path]:
-    return [results_path, *sorted(results_path.parent.glob(f"{results_path.stem}.rank*.jsonl"))]
 
 
 def adapter_off(model):

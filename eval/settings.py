@@ -83,8 +83,13 @@ def _record_path(results_path: Path) -> Path:
     return results_path.with_name(f"{results_path.stem}.settings.json")
 
 
+def item_files(results_path: Path) -> list[Path]:
+    """A per-item JSONL and its ranks' shards (`<stem>.rank<N>.jsonl`, written under several processes)."""
+    return [results_path, *sorted(results_path.parent.glob(f"{results_path.stem}.rank*.jsonl"))]
+
+
 def _item_files(results_path: Path) -> list[Path]:
-    return [p for p in [results_path, *results_path.parent.glob(f"{results_path.stem}.rank*.jsonl")] if p.exists()]
+    return [p for p in item_files(results_path) if p.exists()]
 
 
 def settings_problem(results_path: Path, settings: dict) -> str | None:

@@ -183,7 +183,7 @@ def finished_run(trainer: Mapping[str, Any]) -> str | None:
     """Why resuming has nothing to do, or None. A run that reached its max_steps and left a whole final result
     (final_problem), resumed, would train one more step past it (the HF Trainer always takes a step after loading
     a checkpoint) and overwrite its final adapter; the entry point stops instead."""
-    if not _resuming(trainer):
+    if not resuming(trainer):
         return None
     out = Path(str(trainer.get("output_dir")))
     state = _state(out / "trainer_state.json")
@@ -200,7 +200,7 @@ def refinish_point(trainer: Mapping[str, Any], checkpoint: Any = _ASK) -> str | 
     otherwise. The entry point then loads that checkpoint and ends the run (train.builder.finish_again) instead of
     training: a resume from it would train a step past max_steps. `checkpoint`: resume_point's answer, when the
     caller has it already (each call of it checks every checkpoint's files)."""
-    if not _resuming(trainer) or finished_run(trainer) is not None:
+    if not resuming(trainer) or finished_run(trainer) is not None:
         return None
     out = Path(str(trainer.get("output_dir")))
     ckpt = resume_point(trainer) if checkpoint is _ASK else checkpoint
@@ -213,5 +213,6 @@ def refinish_point(trainer: Mapping[str, Any], checkpoint: Any = _ASK) -> str | 
     return ckpt
 
 
-def _resuming(trainer: Mapping[str, Any]) -> bool:
+def resuming(trainer: Mapping[str, Any]) -> bool:
+    """Whether the recipe's trainer section continues a run (trainer.resume_from_checkpoint is set)."""
     return trainer.get("resume_from_checkpoint") not in (None, "", False)

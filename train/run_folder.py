@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from mmpc_rl.config import Recipe
 from mmpc_rl.lock import FolderLock, lock_folder, raise_on_any_rank
+from mmpc_rl.train.resume import resuming
 from mmpc_rl.train.run_config import scrub
 
 # what a run writes into its output_dir (train.callbacks, the HF Trainer, CQBench's callback)
@@ -53,11 +54,6 @@ def run_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for pattern in RUN_FILES for p in folder.glob(pattern))
-
-
-def resuming(trainer: Any) -> bool:
-    value = trainer.get("resume_from_checkpoint")
-    return value not in (None, "", False)
 
 
 def recorded_config(recipe: Recipe) -> tuple[Path, dict | None]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmpc_rl.config import EarlyStopConfig, Recipe
 from mmpc_rl.io import read_json
-from mmpc_rl.train.resume import final_problem
+from mmpc_rl.train.resume import final_problem, resuming
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ def stopped_early(recipe: Recipe) -> str | None:
     """Why resuming has nothing to train: the run stopped early under the same early_stop settings, and its final
     state is at that step. With other settings (or early_stop off) a resume trains on from the last checkpoint."""
     trainer = recipe.trainer
-    if trainer.get("resume_from_checkpoint") in (None, "", False):
+    if not resuming(trainer):
         return None
     out = Path(str(trainer.get("output_dir")))
     rec, final = read_json(out / RECORD), read_json(out / "trainer_state.json")
