@@ -14,7 +14,6 @@ from mmpc_rl.plan.memory import (
     ModelMemory,
     Plan,
     PlanInputs,
-    candidate_layouts,
     choose_layout,
     plan,
     required_gb,
@@ -137,21 +136,13 @@ def same_objective(inputs: PlanInputs) -> PlanInputs:
                                steps_per_generation=None)
 
 
-def smallest_peak(inputs: PlanInputs) -> float:
-    trials = [dataclasses.replace(inputs, micro_batch=c["micro_batch"], grad_accum=c["grad_accum"],
-                                  steps_per_generation=c["steps_per_generation"],
-                                  gradient_checkpointing=c["gradient_checkpointing"])
-              for c in candidate_layouts(inputs)] or [inputs]
-    return min(plan(t).peak_gb for t in trials)
-
-
 def fits_with(recipe, inputs: PlanInputs, gpu_gb: float, **kwargs) -> list[str]:
     """What makes a recipe that does not fit `gpu_gb` fit, as overrides: a layout with the same objective, else the
     largest image cap (model.max_pixels, image->text) that fits with some layout, and always the GPU size that would
     hold the leanest layout."""
     out = []
     opened = same_objective(inputs)
-    chosen, _ = choose_layout(opened, gpu_gb)
+    chosen, smallest = choose_layout(opened, gpu_gb)  # when nothing fits: the smallest plan it tried
     if chosen is not None and (inputs.micro_batch is not None or inputs.gradient_checkpointing is not None):
         out.append("a layout that fits: " + layout_overrides(chosen))
     elif inputs.image_tokens and kwargs.get("image_px") is None:
@@ -163,7 +154,9 @@ def fits_with(recipe, inputs: PlanInputs, gpu_gb: float, **kwargs) -> list[str]:
                 out.append(f"model.max_pixels={tokens * factor} (images of at most {tokens} tokens) with "
                            + layout_overrides(layout))
                 break
-    need = required_gb(smallest_peak(opened))
+    if chosen is not None:  # a layout fits: its smallest plan is what no GPU (0 GiB) holds
+        _, smallest = choose_layout(opened, 0.0)
+    need = required_gb(smallest.peak_gb)
     out.append(f"a GPU of at least {math.ceil(need)} GiB (gpu_gb={math.ceil(need)}; the fit rule keeps "
                f"{EVIDENCE_MARGIN:.1%} of it free for the planner's measured bias)")
     return out
