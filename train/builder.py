@@ -34,6 +34,7 @@ from mmpc_rl.train.callbacks import (
 )
 from mmpc_rl.train.card import own_model_card
 from mmpc_rl.train.cqbench import CQBenchCallback
+from mmpc_rl.train.cuda_check import wants_cpu
 from mmpc_rl.train.decoding import enable_compiled_decoding, one_input_grads_hook
 from mmpc_rl.train.instrument import CompletionRecorder, RewardCheck, instrument_rewards
 from mmpc_rl.train.progress import compact_console
@@ -129,7 +130,7 @@ LAYOUT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gr
 
 
 def on_gpu(recipe: Recipe) -> bool:
-    return torch.cuda.is_available() and not recipe.trainer.get("use_cpu") and recipe.model.device != "cpu"
+    return torch.cuda.is_available() and not wants_cpu(recipe)
 
 
 def resolve_layout(recipe: Recipe, gpu_gb: float | None = None) -> Recipe:

@@ -11,7 +11,7 @@ from mmpc_rl.checks import TRAINER_ALIASES
 from mmpc_rl.config import Recipe, thaw
 from mmpc_rl.errors import ConfigError
 
-TRAINER_ALIASES_NEW = {old: new for new, old in TRAINER_ALIASES.items()}
+TRL_DEFAULTS = {"gradient_checkpointing": True}  # what TRL sets when the recipe says nothing
 
 
 def build_lora_config(recipe: Recipe) -> LoraConfig | None:
@@ -47,8 +47,8 @@ def build_grpo_config(recipe: Recipe) -> GRPOConfig:
     # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn on every run);
     # TRL's own default (True) is kept when the recipe says nothing, and TRL reads the old names, which transformers
     # sets to mirror the new ones
-    for old, new in TRAINER_ALIASES_NEW.items():
-        value = opts.pop(old, True if old == "gradient_checkpointing" else None)
+    for new, old in TRAINER_ALIASES.items():
+        value = opts.pop(old, TRL_DEFAULTS.get(old))
         opts[new], opts[old] = value, None
     try:
         return GRPOConfig(**opts)
