@@ -40,8 +40,6 @@ def prepare_output_dir(folder: str | os.PathLike) -> Path:
         probe.write(b"x")
         probe.flush()
         probe.close()
-    except FileExistsError:
-        raise DataError(f"output folder {_short(folder)}: exists and is not a directory") from None
     except OSError as e:
         raise DataError(f"output folder {_short(folder)}: {os_reason(e)}") from None
     outside = links_out_of(folder)
